@@ -1,3 +1,33 @@
 """Open-Sora-Plan v1.3 ``OpenSoraT2V_v1_3``: shared, framework-free knowledge used by both implementations."""
 
 from .config import OpenSoraConfig, load_config  # noqa: F401
+
+NAME = "opensora_v13"
+
+
+def parse_config(data, source="config"):
+    return OpenSoraConfig.from_dict(data, source=source)
+
+
+def num_layers(config) -> int:
+    return config.num_layers
+
+
+def normalize_inputs(inputs, config, source="inputs"):
+    from .inputs import normalize_inputs as _normalize
+    return _normalize(inputs, config, source)
+
+
+def probe_names(config) -> list[str]:
+    from .probes import probe_names as _names
+    return _names(config.num_layers)
+
+
+def cases():
+    from .cases import CASES
+    return CASES
+
+
+def default_case() -> str:
+    from .cases import DEFAULT_CASE
+    return DEFAULT_CASE

@@ -141,6 +141,10 @@ class OpenSoraConfig:
                  f"sparse_n={self.sparse_n!r} is not supported: upstream prepares Skiparse masks only for "
                  f"sparse_n in (1, 4) and blocks 2..29 index them by sparse_n even when sparse1d is false; "
                  f"set sparse_n to 4 (released model) or 1")
+            need(self.sparse1d or self.sparse_n == 1,
+                 f"sparse1d=false with sparse_n={self.sparse_n} cannot run: upstream hands blocks 2..29 the "
+                 f"sparse_n={self.sparse_n} Skiparse masks even when sparse1d is off (shape mismatch in attention); "
+                 f"use sparse_n 1 with sparse1d false")
         for key in ("interpolation_scale_t", "interpolation_scale_h", "interpolation_scale_w"):
             val = getattr(self, key)
             need(isinstance(val, (int, float)) and val > 0, f"'{key}' must be > 0, got {val!r}")

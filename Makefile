@@ -1,0 +1,42 @@
+# opensora-parity — every target installs what it needs into .venv first (idempotent).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+REPORTS ?= reports
+DEFAULT_REFERENCE ?= fixtures/reference/tiny-sparse-fp32
+CASES   := tiny-dense tiny-sparse tiny-32 padded-batch
+PRECISIONS := fp32 bf16
+
+.PHONY: setup test parity dump-reference bench fuzz clean
+
+setup: $(STAMP)
+
+# torch is pinned to the CPU wheel (an open range can pull a multi-GB CUDA build); mindspore 2.10 needs numpy<2.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0" "mindspore==2.10.0" "numpy<2"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	@mkdir -p $(REPORTS)
+	$(BIN)/python -m pytest -q -n 2 --junitxml=$(REPORTS)/junit.xml --parity-report $(REPORTS)/pytest
+
+parity: setup
+	$(BIN)/parity compare $(DEFAULT_REFERENCE) --mode both --report $(REPORTS)
+
+dump-reference: setup
+	@for c in $(CASES); do for p in $(PRECISIONS); do \
+	  $(BIN)/parity dump --case $$c --precision $$p --out fixtures/reference/$$c-$$p --force || exit 1; \
+	done; done
+
+bench: setup
+	$(BIN)/python bench/run_bench.py
+
+fuzz: setup
+	PARITY_HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q parity/tests/test_store_fuzz.py
+
+clean:
+	rm -rf $(REPORTS) .pytest_cache .hypothesis

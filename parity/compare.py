@@ -1,0 +1,277 @@
+"""The comparison engine: a reference dump and the subject model in, a per-probe verdict out.
+
+Two modes, both reported:
+- isolated: the subject runs each block (and the output head) on the reference's own inputs to it and
+  the reference's conditioning, so a probe's error is that layer's local error;
+- accumulated: the subject runs freely from the reference inputs and every probe is compared.
+
+Probes are compared as the subject produces them, against the memory-mapped reference, and only their
+metrics are kept (peak memory: the model plus a few states). The first divergence is the earliest failing
+probe in isolated mode, or, if none fails there, in accumulated mode.
+
+For bf16/fp16 dumps the accumulated verdict is reference-relative: the subject's error against the torch
+fp32 run may be at most k x the torch low-precision run's own error against it, plus a floor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from parity.adapters import get_adapter
+from parity.errors import ParityError, ReferenceProblem
+from parity.families import get_family
+from parity.metrics import compute_metrics
+from parity.probemap import load_probe_map
+from parity.progress import Progress
+from parity.store import open_dump
+from parity.tolerances import load_profiles, relative_passed
+
+MODES = ("isolated", "accumulated")
+REPORT_SCHEMA = "opensora-parity/report@1"
+
+
+@dataclass
+class CompareOptions:
+    modes: tuple = MODES
+    device: str = "CPU"
+    precision: str | None = None
+    probes: list | None = None            # glob patterns; None = every probe in the dump
+    tolerance_file: str | None = None
+    attention_backend: str | None = None
+    subject_patch: Callable[[Any], Any] | None = None   # model -> context manager (deliberately wrong variants)
+    progress: bool = True
+    verify_checksums: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def _finite_or_none(x):
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+class _Evaluator:
+    """Compares one probe at a time and keeps only the verdict and metrics."""
+
+    def __init__(self, dump, specs, profiles, precision, adapter_params, progress):
+        self.dump = dump
+        self.specs = {s.name: s for s in specs}
+        self.profiles = profiles
+        self.precision = precision
+        self.params = adapter_params
+        self.progress = progress
+        self.results: dict[tuple[str, str], dict] = {}
+        self._lowp_err: dict[str, float] = {}
+
+    def _reference(self, name: str, role: str = "state") -> np.ndarray:
+        ref = self.dump.state(name, role=role)
+        if ref.dtype.kind == "f":
+            bad = int(np.count_nonzero(~np.isfinite(ref)))
+            if bad:
+                folder = "states" if role == "state" else "states_fp32"
+                raise ReferenceProblem(
+                    f"{os.path.join(self.dump.path, folder, name + '.npy')}: the reference state has {bad} NaN/Inf "
+                    f"value(s) — a problem of the reference run, not of the subject; regenerate the dump "
+                    f"(lower precision overflow or bad inputs)")
+        return ref
+
+    def lowp_error(self, name: str) -> float:
+        if name not in self._lowp_err:
+            m = compute_metrics(self._reference(name, "state_fp32"), self._reference(name), atol=0.0, rtol=0.0,
+                                name=name)
+            self._lowp_err[name] = float(m.max_abs)
+        return self._lowp_err[name]
+
+    def __call__(self, mode: str, name: str, array: np.ndarray) -> None:
+        spec = self.specs.get(name)
+        if spec is None or (mode, name) in self.results:
+            return
+        sub = get_adapter(spec.ms_adapter).to_reference(np.asarray(array), **self.params)
+        ref = self._reference(name)
+        tol = self.profiles.lookup(self.precision, spec.probe_class, mode)
+        use_relative = (tol.relative is not None and mode == "accumulated" and self.dump.has_fp32_states
+                        and spec.probe_class not in ("input", "mask"))
+        if tuple(sub.shape) != tuple(ref.shape):
+            self._record(mode, spec, None, tol, False, "absolute",
+                         f"probe {name} ({mode}): subject shape {tuple(sub.shape)} vs reference {tuple(ref.shape)} "
+                         f"(ms {spec.ms_path}, adapter {spec.ms_adapter})", shape=ref.shape)
+            return
+        lowp = None
+        if use_relative:
+            lowp = self.lowp_error(name)
+            bound = tol.relative.k * lowp + tol.relative.floor
+            metrics = compute_metrics(self._reference(name, "state_fp32"), sub, atol=bound, rtol=0.0, name=name)
+            finite = metrics.nan_sub == 0 and metrics.inf_sub == 0
+            passed = bool(finite and relative_passed(metrics.max_abs, lowp, tol.relative))
+            atol, rtol, criterion = bound, 0.0, "relative"
+            msg = ("" if passed else
+                   f"probe {name} ({mode}): error vs the torch fp32 run {metrics.max_abs:.3g} exceeds "
+                   f"k={tol.relative.k:g} x torch-{self.precision} error {lowp:.3g} + floor {tol.relative.floor:g} "
+                   f"= {bound:.3g} (profile {self.precision}/{spec.probe_class}/{mode}, relative); "
+                   f"nan={metrics.nan_sub} inf={metrics.inf_sub}")
+        else:
+            metrics = compute_metrics(ref, sub, atol=tol.atol, rtol=tol.rtol, name=name)
+            finite = metrics.nan_sub == 0 and metrics.inf_sub == 0
+            passed = bool(finite and metrics.n_outside == 0)
+            atol, rtol, criterion = tol.atol, tol.rtol, "absolute"
+            msg = "" if passed else _mismatch_message(name, mode, spec, metrics, tol, self.precision)
+        self._record(mode, spec, metrics, tol, passed, criterion, msg, atol=atol, rtol=rtol, lowp=lowp)
+
+    def _record(self, mode, spec, metrics, tol, passed, criterion, message, *, atol=None, rtol=None, lowp=None,
+                shape=None):
+        m = metrics.to_dict() if metrics is not None else {}
+        entry = {
+            "name": spec.name, "mode": mode, "probe_class": spec.probe_class, "block": spec.block,
+            "shape": list(m.get("shape", shape or ())),
+            **{k: _finite_or_none(m.get(k)) for k in ("max_abs", "mean_abs", "max_rel", "cosine", "rel_fro",
+                                                      "p99_abs", "frac_outside", "min_passing_atol")},
+            **{k: int(m.get(k, 0)) for k in ("nan_ref", "nan_sub", "inf_ref", "inf_sub")},
+            "atol": float(tol.atol if atol is None else atol), "rtol": float(tol.rtol if rtol is None else rtol),
+            "criterion": criterion, "lowp_ref_max_abs": _finite_or_none(lowp), "baseline_max_abs": None,
+            "passed": bool(passed), "message": message, "torch_path": spec.torch_path, "ms_path": spec.ms_path,
+        }
+        if metrics is not None and not np.isfinite(m.get("max_abs", 0.0)):
+            entry["max_abs"] = None
+        self.results[(mode, spec.name)] = entry
+        if self.progress is not None:
+            self.progress.update(1, f"{mode} {spec.name}")
+
+
+def _fmt_index(idx) -> str:
+    return "(" + ", ".join(str(int(i)) for i in idx) + ")" if idx is not None else "?"
+
+
+def _mismatch_message(name, mode, spec, m, tol, precision) -> str:
+    head = (f"Not equal to tolerance rtol={tol.rtol:g}, atol={tol.atol:g} (profile {precision}/{spec.probe_class}/"
+            f"{mode}) — probe {name}: mismatched elements: {m.n_outside} / {m.n} ({100 * m.frac_outside:.4g}%)")
+    lines = [head,
+             f"Max absolute difference: {m.max_abs:.6g} at index {_fmt_index(m.argmax_abs)}: "
+             f"ref={m.ref_at_max:.7g} sub={m.sub_at_max:.7g}",
+             f"Max relative difference: {m.max_rel:.6g}",
+             f"Minimal passing atol at rtol={tol.rtol:g}: {m.min_passing_atol:.6g}",
+             f"torch: {spec.torch_path} | ms: {spec.ms_path}"]
+    if m.nan_sub or m.inf_sub:
+        lines.append(f"subject has {m.nan_sub} NaN and {m.inf_sub} Inf values (never zeroed out)")
+    return "\n".join(lines)
+
+
+def _config_mismatch(dump) -> None:
+    path = os.path.join(dump.path, "config.json")
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            on_disk = json.load(fh)
+    except (OSError, ValueError):
+        raise ParityError(f"{path}: missing or unreadable; the dump is incomplete — re-create it") from None
+    if on_disk != dump.config:
+        diff = sorted(k for k in set(on_disk) | set(dump.config) if on_disk.get(k) != dump.config.get(k))
+        raise ParityError(f"{path}: differs from the config in manifest.json ({', '.join(diff[:5])}); the reference "
+                          f"and the subject would be built from different configs — re-create the dump")
+
+
+def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
+    """Compare the subject against one reference dump; returns the report dict (see parity.report)."""
+    opts = options or CompareOptions()
+    for mode in opts.modes:
+        if mode not in MODES:
+            raise ParityError(f"unknown mode {mode!r}; use isolated, accumulated or both")
+    t0 = time.monotonic()
+    dump = open_dump(dump_path, verify=opts.verify_checksums)
+    if opts.precision is not None and opts.precision != dump.precision:
+        raise ParityError(f"{dump_path}: dump precision is {dump.precision} but --precision {opts.precision} was "
+                          f"asked; compare it at {dump.precision} or pick a {opts.precision} dump")
+    _config_mismatch(dump)
+    fam = get_family(dump.family)
+    cfg = fam.parse_config(dump.config, source=os.path.join(dump_path, "config.json"))
+    pmap = load_probe_map(dump.family)
+    specs = [s for s in pmap.probes(fam.num_layers(cfg)) if s.name in set(dump.probes)]
+    if opts.probes:
+        specs = [s for s in specs if any(fnmatch.fnmatchcase(s.name, pat) for pat in opts.probes)]
+        if not specs:
+            raise ParityError(f"{dump_path}: --probes {' '.join(opts.probes)} matches no probe in the dump")
+    profiles = load_profiles(opts.tolerance_file)
+    subject = pmap.harness("subject")
+    cfg_dict = cfg.to_dict()
+    weights = dump.load_weights()
+    inputs = fam.normalize_inputs(dump.inputs(), cfg, source=os.path.join(dump_path, "inputs"))
+    progress = Progress(len(specs) * len(opts.modes), f"compare {os.path.basename(os.path.normpath(dump_path))}",
+                        enabled=opts.progress)
+    evaluator = _Evaluator(dump, specs, profiles, dump.precision, pmap.adapter_params(cfg_dict), progress)
+    model = subject.build_model(cfg_dict, weights, dump.precision, device=opts.device,
+                                attention_backend=opts.attention_backend)
+    del weights
+    patch = opts.subject_patch(model) if opts.subject_patch else contextlib.nullcontext()
+    try:
+        with patch:
+            if "isolated" in opts.modes:
+                subject.run_isolated(model, cfg_dict, dump.state, inputs, specs,
+                                     lambda n, a, _dt=None: evaluator("isolated", n, a))
+            if "accumulated" in opts.modes:
+                subject.capture(model, inputs, specs, lambda n, a, _dt=None: evaluator("accumulated", n, a))
+    finally:
+        progress.close()
+    for mode in opts.modes:
+        for spec in specs:
+            if (mode, spec.name) not in evaluator.results:
+                tol = profiles.lookup(dump.precision, spec.probe_class, mode)
+                evaluator._record(mode, spec, None, tol, False, "absolute",
+                                  f"probe {spec.name} ({mode}): the subject never produced it "
+                                  f"(ms {spec.ms_path}); check the probe map's ms_capture", shape=())
+    probes = [evaluator.results[(mode, s.name)] for mode in MODES if mode in opts.modes for s in specs]
+    return _assemble(dump, dump_path, opts, subject, probes, time.monotonic() - t0, profiles)
+
+
+def first_divergence(probes: list[dict]) -> dict | None:
+    for mode in MODES:
+        for p in probes:
+            if p["mode"] == mode and not p["passed"]:
+                return {"probe": p["name"], "mode": mode, "torch_path": p["torch_path"], "ms_path": p["ms_path"]}
+    return None
+
+
+def block_table(probes: list[dict]) -> list[dict]:
+    blocks: dict[int, dict] = {}
+    for p in probes:
+        if p.get("block") is None:
+            continue
+        row = blocks.setdefault(p["block"], {"block": p["block"], "isolated_max_abs": None, "accumulated_max_abs": None,
+                                             "growth": None})
+        row[f"{p['mode']}_max_abs"] = p["max_abs"]
+    for row in blocks.values():
+        iso, acc = row["isolated_max_abs"], row["accumulated_max_abs"]
+        if iso is not None and acc is not None:
+            row["growth"] = acc / iso if iso > 0 else (None if acc > 0 else 1.0)
+    return [blocks[k] for k in sorted(blocks)]
+
+
+def _assemble(dump, dump_path, opts, subject, probes, duration, profiles) -> dict:
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    versions.update(getattr(subject, "versions", lambda: {})())
+    return {
+        "schema": REPORT_SCHEMA,
+        "case": dump.case or os.path.basename(os.path.normpath(dump_path)),
+        "dump": os.path.abspath(dump_path),
+        "precision": dump.precision,
+        "subject_precision": subject.precision_label(dump.precision, opts.device),
+        "device": opts.device,
+        "mode": "both" if len(opts.modes) == 2 else opts.modes[0],
+        "passed": all(p["passed"] for p in probes),
+        "first_divergence": first_divergence(probes),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": versions,
+        "duration_s": round(duration, 3),
+        "tolerance_file": profiles.path,
+        "tolerance_version": profiles.version,
+        "reference_versions": dump.manifest.get("versions", {}),
+        "probes": probes,
+        "blocks": block_table(probes),
+    }

@@ -1,0 +1,168 @@
+"""Reference side of the pipeline: run the torch reference with capture and write a dump; ingest hand dumps.
+
+The torch code is reached through the family's probe map (``reference.harness``), never imported here.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Callable
+
+import numpy as np
+
+from parity.dtypes import PRECISIONS, round_to_bf16
+from parity.errors import ParityError
+from parity.families import DEFAULT_FAMILY, get_family
+from parity.inputs_io import load_tensor_file
+from parity.probemap import load_probe_map
+from parity.store import DumpWriter, sha256_file
+
+# Checkpoints above this size are referenced by path + sha256 instead of being copied into the dump.
+EXTERNAL_WEIGHTS_BYTES = 256 * 2**20
+WEIGHT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def round_to_precision(weights: dict[str, np.ndarray], precision: str) -> dict[str, np.ndarray]:
+    """Weights as the low-precision model holds them, returned as float32 (exact for bf16/fp16 values)."""
+    if precision == "fp32":
+        return weights
+    if precision == "bf16":
+        return {k: round_to_bf16(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
+    return {k: np.asarray(v, dtype=np.float16).astype(np.float32) for k, v in weights.items()}
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ParityError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+
+
+def versions(harness) -> dict:
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    out.update(getattr(harness, "versions", lambda: {})())
+    return out
+
+
+def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp32",
+                   weights: dict | None = None, weights_path: str | None = None, seed: int | None = None,
+                   case: str | None = None, inputs_seed: int | None = None, force: bool = False,
+                   family: str = DEFAULT_FAMILY, config_source: str = "config",
+                   inputs_source: str = "inputs", progress: Callable[[str], None] | None = None) -> dict:
+    """Run the reference on ``inputs`` and write a dump to ``out``; returns a small summary dict.
+
+    Weights come from ``weights`` (in memory), ``weights_path`` (safetensors) or ``seed`` (random init).
+    For bf16/fp16 the same model is also run in fp32 on the rounded weights (``states_fp32``), which the
+    reference-relative tolerance criterion needs.
+    """
+    _check_precision(precision)
+    fam = get_family(family)
+    cfg = fam.parse_config(config, source=config_source)
+    inputs = fam.normalize_inputs(inputs, cfg, source=inputs_source)
+    pmap = load_probe_map(family)
+    specs = pmap.probes(fam.num_layers(cfg))
+    ref = pmap.harness("reference")
+    cfg_dict = cfg.to_dict()
+
+    if weights is None and weights_path is not None:
+        weights = load_tensor_file(weights_path, "weights")
+    if weights is None:
+        if seed is None:
+            raise ParityError("no weights: pass --weights W.safetensors or --seed N for random weights")
+        weights = ref.random_weights(cfg_dict, seed)
+    weights_lowp = round_to_precision(weights, precision)
+
+    seeds = {"weights": seed, "inputs": inputs_seed}
+    say = progress or (lambda _msg: None)
+    nonfinite: list[str] = []
+    with DumpWriter(out, family=family, precision=precision, config=cfg_dict, seeds=seeds,
+                    versions=versions(ref), case=case, producer="parity dump", force=force) as writer:
+        for name, arr in inputs.items():
+            writer.add_input(name, arr)
+        external = (weights_path is not None and os.path.getsize(weights_path) > EXTERNAL_WEIGHTS_BYTES)
+        if external:
+            writer.set_weights_file(weights_path, copy=False)
+        else:
+            writer.write_weights(weights_lowp, {k: WEIGHT_DTYPES[precision] for k in weights_lowp})
+
+        def record(role: str) -> Callable[[str, np.ndarray, str], None]:
+            def on_probe(name: str, array: np.ndarray, dtype: str) -> None:
+                if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+                    nonfinite.append(f"{role}/{name}")
+                writer.add_state(name, array, dtype=dtype, role=role)
+            return on_probe
+
+        say(f"running the torch reference ({precision}) with capture")
+        model = ref.build_model(cfg_dict, weights_lowp, precision)
+        ref.capture(model, inputs, specs, record("state"))
+        del model
+        if precision != "fp32":
+            say("running the torch reference in fp32 on the same weights (for the reference-relative criterion)")
+            model = ref.build_model(cfg_dict, weights_lowp, "fp32")
+            ref.capture(model, inputs, specs, record("state_fp32"))
+            del model
+        writer.extra["nonfinite_states"] = nonfinite
+    return {"out": out, "probes": len(specs), "precision": precision, "nonfinite": nonfinite}
+
+
+def ingest_legacy(legacy_dir: str, *, out: str, config: dict, weights_path: str, precision: str | None = None,
+                  force: bool = False, family: str = DEFAULT_FAMILY, config_source: str = "config") -> dict:
+    """Turn a folder of ``<probe>.npy`` files written by a hand-patched upstream forward() into a dump."""
+    from parity.store import load_npy_checked
+
+    if not os.path.isdir(legacy_dir):
+        raise ParityError(f"{legacy_dir}: not a directory; pass the folder of <probe>.npy files")
+    fam = get_family(family)
+    cfg = fam.parse_config(config, source=config_source)
+    expected = fam.probe_names(cfg)
+    files = {f[:-4]: os.path.join(legacy_dir, f) for f in sorted(os.listdir(legacy_dir)) if f.endswith(".npy")}
+    found = [n for n in expected if n in files]
+    missing = [n for n in expected if n not in files]
+    ignored = sorted(set(files) - set(expected))
+    if not found:
+        raise ParityError(f"{legacy_dir}: no probe files found (expected names like hidden_states_input.npy, "
+                          f"hidden_states_0_block.npy)")
+    arrays = {n: load_npy_checked(files[n]) for n in found}
+    input_probes = [f"{n}_input" for n in ("hidden_states", "timestep", "encoder_hidden_states", "attention_mask",
+                                           "encoder_attention_mask")]
+    lacking = [n for n in input_probes if n not in arrays]
+    if lacking:
+        raise ParityError(f"{legacy_dir}: missing {', '.join(n + '.npy' for n in lacking)}; the model inputs are "
+                          f"needed to run the subject — dump them from forward()'s arguments too")
+    inputs = fam.normalize_inputs({n[:-len("_input")]: arrays[n] for n in input_probes}, cfg,
+                                  source=f"{legacy_dir} (*_input.npy)")
+    if precision is None:
+        precision = "fp16" if any(a.dtype == np.float16 for a in arrays.values()) else "fp32"
+    _check_precision(precision)
+    weights = load_tensor_file(weights_path, "weights")
+    # The weights must fit the config; the reference harness checks names and shapes strictly if importable.
+    pmap = load_probe_map(family)
+    try:
+        ref = pmap.harness("reference")
+    except ParityError:
+        ref = None
+    if ref is not None:
+        expected_shapes = ref.expected_state_dict_shapes(cfg.to_dict())
+        from parity.weights import check_state_dict
+        check_state_dict(weights, expected_shapes, source=weights_path)
+    state_dtype = {"fp32": None, "fp16": None, "bf16": "bfloat16"}[precision]
+    nonfinite = []
+    with DumpWriter(out, family=family, precision=precision, config=cfg.to_dict(), seeds={},
+                    versions={"python": platform.python_version(), "numpy": np.__version__}, case=None,
+                    producer="parity ingest", force=force,
+                    extra={"ingested_from": os.path.abspath(legacy_dir), "missing_probes": missing,
+                           "ignored_files": ignored}) as writer:
+        for name, arr in inputs.items():
+            writer.add_input(name, arr)
+        if os.path.getsize(weights_path) > EXTERNAL_WEIGHTS_BYTES:
+            writer.set_weights_file(weights_path, copy=False)
+        else:
+            writer.write_weights(round_to_precision(weights, precision),
+                                 {k: WEIGHT_DTYPES[precision] for k in weights})
+        for name in found:
+            arr = arrays[name]
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                nonfinite.append(name)
+            writer.add_state(name, arr, dtype=state_dtype if arr.dtype.kind == "f" else None)
+        writer.extra["nonfinite_states"] = nonfinite
+    return {"out": out, "found": found, "missing": missing, "ignored": ignored, "precision": precision,
+            "nonfinite": nonfinite, "weights_sha256": sha256_file(weights_path)}

@@ -1,0 +1,606 @@
+"""Render a parity run result to ``parity.json`` / ``parity.md`` / ``parity.png``, and re-render it later.
+
+The comparison engine hands ``write_report`` a plain dict; the same dict, written as ``parity.json``, is
+what ``rerender``, ``load_result`` and ``load_baseline`` read back.
+
+parity.json schema (``"schema": "opensora-parity/report@1"``)
+-----------------------------------------------------------------
+Top level::
+
+    schema             "opensora-parity/report@1"
+    case               str     name of the dumped case (e.g. "tiny-sparse")
+    dump               str     path of the reference dump directory
+    precision          str     reference / tolerance-profile precision, e.g. "fp32"
+    subject_precision  str     what the subject ran in: "fp32", "bf16-emulated", ...
+    device             str     e.g. "CPU"
+    mode               str     "isolated" | "accumulated" | "both"
+    passed             bool    every probe passed (and nothing else failed)
+    first_divergence   null | {"probe": str, "mode": str, "torch_path": str, "ms_path": str}
+    created            str     ISO-8601 time
+    versions           object  tool/library versions (free-form)
+    duration_s         number
+    tolerance_file     str     the tolerance profile file used
+    tolerance_version  int
+    baseline_factor    number  (optional) set by apply_baseline
+    probes             list    in engine order (preserved), one entry per (probe, mode):
+        name, mode, probe_class ("input"|"mask"|"embedding"|"block"|"output"), block (int|null),
+        shape [int], max_abs, mean_abs, max_rel, cosine, rel_fro, p99_abs, frac_outside,
+        min_passing_atol, nan_ref, nan_sub, inf_ref, inf_sub (ints), atol, rtol,
+        criterion ("absolute"|"relative"), lowp_ref_max_abs (number|null),
+        baseline_max_abs (number|null), passed (bool), message (str; first line self-contained),
+        torch_path, ms_path (str); optional baseline_regressed (bool) set by apply_baseline
+    blocks             list    {"block": int, "isolated_max_abs": number|null,
+                                "accumulated_max_abs": number|null, "growth": number|null}
+                               (growth = accumulated / isolated)
+
+Encoding: the file is strict JSON (``allow_nan=False``), pretty-printed, probe order preserved. Floats
+are JSON numbers; the non-finite floats NaN, +Inf and -Inf are written as the STRINGS ``"NaN"``,
+``"Infinity"`` and ``"-Infinity"`` (so nothing is lost, unlike null); ``load_result`` turns them back into
+floats for the numeric fields above. null means "not applicable / not measured".
+
+Files: ``write_report(result, dir)`` -> parity.json, parity.md (first line: one-line verdict; probe table;
+per-block table; failure messages), parity.png (per-block max |Δ|, isolated vs accumulated, log scale,
+tolerance lines). ``write_summary(results, dir)`` -> summary.md (one line per dump, linking to
+``<dir>/<basename of the dump dir>/parity.md``, where ``write_report`` put each dump's report).
+``rerender(dir)`` rebuilds md/png (and summary.md) from the JSON. ``load_baseline`` / ``apply_baseline``
+flag probes whose max_abs grew more than ``factor``× over a previous run, even inside tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from parity.errors import ParityError
+from parity.metrics import format_number
+
+SCHEMA = "opensora-parity/report@1"
+JSON_NAME = "parity.json"
+MD_NAME = "parity.md"
+PNG_NAME = "parity.png"
+SUMMARY_NAME = "summary.md"
+BASELINE_ZERO_TOL = 1e-30  # a baseline of exactly 0 regresses when the current max_abs exceeds this
+
+PROBE_NUM_KEYS = ("max_abs", "mean_abs", "max_rel", "cosine", "rel_fro", "p99_abs", "frac_outside",
+                  "min_passing_atol", "atol", "rtol", "lowp_ref_max_abs", "baseline_max_abs")
+BLOCK_NUM_KEYS = ("isolated_max_abs", "accumulated_max_abs", "growth")
+TOP_NUM_KEYS = ("duration_s", "baseline_factor")
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+__all__ = ["SCHEMA", "write_report", "write_summary", "rerender", "load_result", "load_baseline",
+           "apply_baseline", "summary_line", "render_markdown", "render_png", "render_summary",
+           "dumps_result", "subdir_names", "copy_result"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# JSON
+
+def _encode(obj: Any) -> Any:
+    """JSON-ready copy: non-finite floats -> strings, numpy scalars/arrays -> Python, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return "NaN"
+        if math.isinf(obj):
+            return "Infinity" if obj > 0 else "-Infinity"
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    try:  # numpy scalars and arrays, without importing numpy here
+        import numpy as np
+        if isinstance(obj, np.bool_):
+            return bool(obj)
+        if isinstance(obj, np.integer):
+            return int(obj)
+        if isinstance(obj, np.floating):
+            return _encode(float(obj))
+        if isinstance(obj, np.ndarray):
+            return _encode(obj.tolist())
+    except ImportError:  # pragma: no cover
+        pass
+    raise ParityError(f"report: value of type {type(obj).__name__} cannot be written to {JSON_NAME}")
+
+
+def dumps_result(result: dict) -> str:
+    """The parity.json text of a result (strict JSON, NaN/Inf as strings)."""
+    return json.dumps(_encode(result), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _num(v: Any) -> Any:
+    if isinstance(v, str) and v in _NONFINITE:
+        return _NONFINITE[v]
+    return v
+
+
+def _decode(result: dict) -> dict:
+    for k in TOP_NUM_KEYS:
+        if k in result:
+            result[k] = _num(result[k])
+    for p in result.get("probes", []):
+        for k in PROBE_NUM_KEYS:
+            if k in p:
+                p[k] = _num(p[k])
+    for b in result.get("blocks", []):
+        for k in BLOCK_NUM_KEYS:
+            if k in b:
+                b[k] = _num(b[k])
+    return result
+
+
+def _validate(result: Any, label: str) -> dict:
+    if not isinstance(result, dict):
+        raise ParityError(f"{label}: a report must be a JSON object, got {type(result).__name__}")
+    if result.get("schema") != SCHEMA:
+        raise ParityError(f"{label}: schema is {result.get('schema')!r}, expected {SCHEMA!r}")
+    for key, typ in (("case", str), ("passed", bool), ("probes", list), ("blocks", list)):
+        if key not in result:
+            raise ParityError(f"{label}: missing key {key!r}")
+        if not isinstance(result[key], typ):
+            raise ParityError(f"{label}: {key!r} must be {typ.__name__}, got {type(result[key]).__name__}")
+    for i, p in enumerate(result["probes"]):
+        if not isinstance(p, dict):
+            raise ParityError(f"{label}: probes[{i}] must be an object")
+        for key, typ in (("name", str), ("mode", str), ("passed", bool)):
+            if not isinstance(p.get(key), typ):
+                raise ParityError(f"{label}: probes[{i}] needs {key!r} ({typ.__name__})")
+        for key in PROBE_NUM_KEYS:
+            v = p.get(key)
+            if v is not None and not _is_number(_num(v)):
+                raise ParityError(f"{label}: probes[{i}] ({p['name']}) {key!r} must be a number or null, "
+                                  f"got {v!r}")
+    for i, b in enumerate(result["blocks"]):
+        if not isinstance(b, dict) or not _is_int(b.get("block")):
+            raise ParityError(f"{label}: blocks[{i}] must be an object with an integer 'block'")
+        for key in BLOCK_NUM_KEYS:
+            v = b.get(key)
+            if v is not None and not _is_number(_num(v)):
+                raise ParityError(f"{label}: blocks[{i}] {key!r} must be a number or null, got {v!r}")
+    fd = result.get("first_divergence")
+    if fd is not None and not (isinstance(fd, dict) and isinstance(fd.get("probe"), str)):
+        raise ParityError(f"{label}: first_divergence must be null or an object with a 'probe'")
+    return result
+
+
+def _is_number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    try:
+        import numpy as np
+        return isinstance(v, (np.integer, np.floating))
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _is_int(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return True
+    try:
+        import numpy as np
+        return isinstance(v, np.integer)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def load_result(path: str | Path) -> dict:
+    """Read and validate a parity.json (file, or a directory holding one); NaN/Inf strings -> floats."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / JSON_NAME
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParityError(f"{p}: report not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParityError(f"{p}: cannot read report ({exc})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ParityError(f"{p}: not valid JSON ({exc})") from None
+    return _decode(_validate(data, str(p)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# markdown
+
+def _f(x: Any) -> str:
+    return format_number(_num(x)) if x is not None else "—"
+
+
+def _fcos(x: Any) -> str:
+    if x is None:
+        return "—"
+    c = float(_num(x))
+    if math.isnan(c):
+        return "NaN"
+    if c == 1.0:
+        return "1"
+    if 0.999 < c < 1.0:
+        return f"1−{1.0 - c:.1e}"
+    return f"{c:.6f}"
+
+
+def _shape(s: Any) -> str:
+    if s is None:
+        return "—"
+    if isinstance(s, (list, tuple)):
+        return "×".join(str(int(v)) for v in s) if len(s) else "scalar"
+    return str(s)
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    return f"`{_cell(text)}`"
+
+
+def summary_line(result: dict) -> str:
+    """``**PASS** tiny-sparse fp32 (CPU, both): 62/62 probes within tolerance`` (+ first divergence)."""
+    probes = result.get("probes", [])
+    ok = sum(1 for p in probes if p.get("passed"))
+    prec = result.get("precision") or "?"
+    sub = result.get("subject_precision")
+    what = f"{result.get('case', '?')} {prec}" if not sub or sub == prec else \
+        f"{result.get('case', '?')} {sub} vs {prec} reference"
+    where = ", ".join(str(x) for x in (result.get("device"), result.get("mode")) if x)
+    line = f"{'**PASS**' if result.get('passed') else '**FAIL**'} {what}"
+    if where:
+        line += f" ({where})"
+    line += f": {ok}/{len(probes)} probes within tolerance"
+    fd = result.get("first_divergence")
+    if fd:
+        line += f"; first divergence: {fd.get('probe')} ({fd.get('mode', '?')})"
+        if fd.get("torch_path") or fd.get("ms_path"):
+            line += f" — torch {fd.get('torch_path') or '?'} / ms {fd.get('ms_path') or '?'}"
+    return line
+
+
+def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
+    """The whole parity.md text; its first line is ``summary_line(result)``."""
+    out = [summary_line(result), ""]
+    meta = []
+    for key, label in (("dump", "dump"), ("created", "created"), ("duration_s", "duration")):
+        v = result.get(key)
+        if v is not None:
+            meta.append(f"{label}: {format_number(v) + ' s' if key == 'duration_s' else _cell(v)}")
+    if result.get("tolerance_file"):
+        meta.append(f"tolerances: {_cell(result['tolerance_file'])} (version {result.get('tolerance_version', '?')})")
+    if result.get("baseline_factor") is not None:
+        meta.append(f"baseline: max abs may grow at most {format_number(result['baseline_factor'])}×")
+    versions = result.get("versions") or {}
+    if versions:
+        meta.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    out += [f"- {m}" for m in meta]
+    if meta:
+        out.append("")
+    if png_name:
+        out += [f"![per-block max abs error]({png_name})", ""]
+
+    out += ["| probe | mode | shape | max abs | mean abs | max rel | cosine | atol | rtol | pass |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
+    for p in result.get("probes", []):
+        mark = "✅" if p.get("passed") else "❌"
+        if p.get("criterion") == "relative":
+            mark += " rel"
+        if p.get("baseline_regressed"):
+            mark += " ↑base"
+        out.append(f"| {_code(p.get('name', '?'))} | {_cell(p.get('mode', ''))} | {_shape(p.get('shape'))} | "
+                   f"{_f(p.get('max_abs'))} | {_f(p.get('mean_abs'))} | {_f(p.get('max_rel'))} | "
+                   f"{_fcos(p.get('cosine'))} | {_f(p.get('atol'))} | {_f(p.get('rtol'))} | {mark} |")
+    if not result.get("probes"):
+        out.append("| (no probes) | | | | | | | | | |")
+    out.append("")
+
+    blocks = result.get("blocks") or []
+    if blocks:
+        out += ["Per-block max abs error (growth = accumulated / isolated):", "",
+                "| block | isolated max abs | accumulated max abs | growth |", "|---:|---:|---:|---:|"]
+        for b in blocks:
+            g = b.get("growth")
+            gs = "—" if g is None else f"{format_number(_num(g))}×"
+            out.append(f"| {b.get('block')} | {_f(b.get('isolated_max_abs'))} | "
+                       f"{_f(b.get('accumulated_max_abs'))} | {gs} |")
+        out.append("")
+
+    failed = [p for p in result.get("probes", []) if not p.get("passed")]
+    if failed:
+        out += ["## Failures", ""]
+        for p in failed:
+            out.append(f"### {_code(p.get('name', '?'))} ({_cell(p.get('mode', ''))})")
+            paths = [f"torch `{p['torch_path']}`" if p.get("torch_path") else "",
+                     f"ms `{p['ms_path']}`" if p.get("ms_path") else ""]
+            paths = [x for x in paths if x]
+            if paths:
+                out += ["", " / ".join(paths)]
+            if p.get("criterion") == "relative":
+                out += ["", f"relative criterion: subject max abs {_f(p.get('max_abs'))} vs torch low-precision "
+                            f"max abs {_f(p.get('lowp_ref_max_abs'))}"]
+            msg = str(p.get("message") or "").strip()
+            if msg:
+                out += ["", "```", msg.replace("```", "'''"), "```"]
+            out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PNG
+
+def render_png(result: dict, path: str | Path) -> Path:
+    """Per-block max |Δ| (isolated vs accumulated) on a log scale, with the block tolerance lines."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    prec = result.get("precision") or "?"
+    sub = result.get("subject_precision")
+    title = f"{result.get('case', '?')} — {prec if not sub or sub == prec else f'{sub} vs {prec}'}"
+    title += f" ({result.get('device') or '?'}) — {'PASS' if result.get('passed') else 'FAIL'}"
+    ax.set_title(title, fontsize=10)
+
+    blocks = sorted((b for b in result.get("blocks") or [] if _is_int(b.get("block"))),
+                    key=lambda b: int(b["block"]))
+    series = {}
+    for mode in ("isolated", "accumulated"):
+        pts = []
+        for b in blocks:
+            v = b.get(f"{mode}_max_abs")
+            v = None if v is None else float(_num(v))
+            if v is not None and not math.isnan(v):
+                pts.append((int(b["block"]), v))
+        if pts:
+            series[mode] = pts
+    positives = [v for pts in series.values() for _, v in pts if 0 < v < math.inf]
+    tols = {}
+    for p in result.get("probes", []):
+        if p.get("probe_class") == "block" and p.get("mode") in ("isolated", "accumulated"):
+            a = p.get("atol")
+            a = None if a is None else float(_num(a))
+            if a is not None and 0 < a < math.inf:
+                tols[p["mode"]] = max(a, tols.get(p["mode"], 0.0))
+    lo_ref = min(positives + list(tols.values())) if positives or tols else 1e-6
+    floor = lo_ref / 10.0
+    hi_ref = max(positives + list(tols.values())) if positives or tols else 1.0
+
+    if not series:
+        ax.text(0.5, 0.5, "no per-block data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        style = {"isolated": ("tab:blue", "o", "-"), "accumulated": ("tab:orange", "s", "-")}
+        failing = {(p.get("mode"), p.get("block")) for p in result.get("probes", [])
+                   if not p.get("passed") and _is_int(p.get("block"))}
+        for mode, pts in series.items():
+            color, marker, ls = style[mode]
+            xs = [x for x, _ in pts]
+            ys = [min(max(v, floor), hi_ref * 10) for _, v in pts]
+            ax.plot(xs, ys, ls, color=color, marker=marker, label=f"{mode} max |Δ|", markersize=5)
+            zx = [x for x, v in pts if v <= 0]
+            if zx:
+                ax.plot(zx, [floor] * len(zx), linestyle="none", marker=marker, markerfacecolor="white",
+                        color=color, label=f"{mode}: exactly 0 (drawn at {floor:.0e})")
+            inf_x = [x for x, v in pts if v == math.inf]
+            if inf_x:
+                ax.plot(inf_x, [hi_ref * 10] * len(inf_x), linestyle="none", marker="^", color=color,
+                        label=f"{mode}: inf")
+            fx = [(x, y) for (x, v), y in zip(pts, ys) if (mode, x) in failing]
+            if fx:
+                ax.plot([x for x, _ in fx], [y for _, y in fx], linestyle="none", marker="x", color="red",
+                        markersize=9, label=f"{mode}: failed")
+        for mode, a in tols.items():
+            color = style[mode][0]
+            ax.axhline(a, color=color, linestyle="--", linewidth=1, alpha=0.8, label=f"atol {mode} = {a:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("block")
+        ax.set_ylabel("max |sub − ref|")
+        all_x = sorted({x for pts in series.values() for x, _ in pts})
+        if len(all_x) <= 40:
+            ax.set_xticks(all_x)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# files
+
+def _write_text(path: Path, text: str) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        raise ParityError(f"{path}: cannot write report ({exc})") from None
+    return path
+
+
+def _render_files(result: dict, d: Path) -> list[Path]:
+    md = _write_text(d / MD_NAME, render_markdown(result))
+    try:
+        png = render_png(result, d / PNG_NAME)
+    except OSError as exc:
+        raise ParityError(f"{d / PNG_NAME}: cannot write plot ({exc})") from None
+    return [md, png]
+
+
+def write_report(result: dict, report_dir: str | Path) -> list[Path]:
+    """Write parity.json, parity.md and parity.png into ``report_dir``; returns the three paths."""
+    d = Path(report_dir)
+    _validate(result, f"report for {result.get('case', '?') if isinstance(result, dict) else '?'}")
+    text = dumps_result(result)
+    js = _write_text(d / JSON_NAME, text)
+    return [js] + _render_files(_decode(json.loads(text)), d)
+
+
+def _slug(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-.")
+    return s or "dump"
+
+
+def subdir_names(results: Iterable[dict]) -> list[str]:
+    """Default per-dump subdirectory names: the basename of each result's ``dump`` directory (the case
+    name when there is none), made path-safe and unique (``-2``, ``-3`` suffixes)."""
+    names: list[str] = []
+    for r in results:
+        dump = str(r.get("dump") or "").rstrip("/\\")
+        base = _slug(os.path.basename(os.path.normpath(dump)) if dump else r.get("case", "dump"))
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.append(name)
+    return names
+
+
+def render_summary(results: list[dict], subdirs: list[str]) -> str:
+    n_ok = sum(1 for r in results if r.get("passed"))
+    verdict = "**PASS**" if results and n_ok == len(results) else "**FAIL**"
+    lines = [f"{verdict} {n_ok}/{len(results)} dumps passed", ""]
+    for r, sub in zip(results, subdirs):
+        lines.append(f"- {summary_line(r)} — [report]({sub}/{MD_NAME})")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(results: list[dict], report_dir: str | Path, *, subdirs: list[str] | None = None,
+                  write_reports: bool = False) -> Path:
+    """Write ``report_dir/summary.md`` (one line per dump, linking ``<subdir>/parity.md``); returns its path.
+
+    ``subdirs`` default to ``subdir_names(results)`` (basename of each dump directory) — the layout where
+    each dump's report was written with ``write_report(result, report_dir/<subdir>)``. With
+    ``write_reports=True`` those per-dump reports are (re)written here too.
+    """
+    d = Path(report_dir)
+    results = list(results)
+    for r in results:
+        _validate(r, f"report for {r.get('case', '?') if isinstance(r, dict) else '?'}")
+    subdirs = list(subdirs) if subdirs is not None else subdir_names(results)
+    if len(subdirs) != len(results):
+        raise ParityError(f"{d}: {len(results)} results but {len(subdirs)} subdirectory names")
+    if write_reports:
+        for r, sub in zip(results, subdirs):
+            write_report(r, d / sub)
+    return _write_text(d / SUMMARY_NAME, render_summary(results, subdirs))
+
+
+_LINK_RE = re.compile(r"\]\(([^()]+)/" + re.escape(MD_NAME) + r"\)")
+
+
+def rerender(report_dir: str | Path) -> list[Path]:
+    """Rebuild parity.md/parity.png from parity.json (or every per-dump subdir + summary.md)."""
+    d = Path(report_dir)
+    if (d / JSON_NAME).is_file():
+        return _render_files(load_result(d / JSON_NAME), d)
+    subdirs: list[str] = []
+    if (d / SUMMARY_NAME).is_file():
+        try:
+            text = (d / SUMMARY_NAME).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ParityError(f"{d / SUMMARY_NAME}: cannot read ({exc})") from None
+        for sub in _LINK_RE.findall(text):
+            if sub not in subdirs and (d / sub / JSON_NAME).is_file():
+                subdirs.append(sub)
+    if d.is_dir():
+        for p in sorted(d.iterdir()):
+            if p.is_dir() and (p / JSON_NAME).is_file() and p.name not in subdirs:
+                subdirs.append(p.name)
+    if not subdirs:
+        raise ParityError(f"{d}: no {JSON_NAME} (nor per-dump subdirectories holding one) to re-render")
+    written: list[Path] = []
+    results = []
+    for sub in subdirs:
+        r = load_result(d / sub / JSON_NAME)
+        results.append(r)
+        written += _render_files(r, d / sub)
+    written.append(write_summary(results, d, write_reports=False, subdirs=subdirs))
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------------
+# baseline
+
+def load_baseline(path: str | Path) -> dict[tuple[str, str], float]:
+    """``{(probe name, mode): max_abs}`` from a previous parity.json (file or directory holding one).
+
+    Probes whose max_abs is null are left out; NaN/Inf come back as floats.
+    """
+    result = load_result(path)
+    base: dict[tuple[str, str], float] = {}
+    for p in result["probes"]:
+        v = p.get("max_abs")
+        if v is None:
+            continue
+        base[(p["name"], p["mode"])] = float(v)
+    return base
+
+
+def apply_baseline(result: dict, baseline: dict[tuple[str, str], float], factor: float = 2.0) -> dict:
+    """Fail probes whose max_abs grew more than ``factor``× over the baseline, even inside tolerance.
+
+    Per probe found in the baseline (by name and mode): ``baseline_max_abs`` is set; it regresses when
+    baseline > 0 and max_abs > factor × baseline, or baseline == 0 and max_abs > BASELINE_ZERO_TOL (NaN on
+    either side is not judged here). A regressed probe gets ``passed = False``, ``baseline_regressed = True``
+    and a one-line note prepended to its message. ``result["passed"]`` becomes False if any probe fails
+    (never True again if it was False); ``first_divergence``, if null, becomes the first failing probe.
+    The dict is updated IN PLACE and also returned.
+    """
+    if not _is_number(factor) or not (0 < float(factor) < math.inf):
+        raise ParityError(f"baseline factor must be a finite number > 0, got {factor!r}")
+    factor = float(factor)
+    probes = result.get("probes")
+    if not isinstance(probes, list):
+        raise ParityError("report: result has no 'probes' list to compare with the baseline")
+    result["baseline_factor"] = factor
+    for p in probes:
+        key = (p.get("name"), p.get("mode"))
+        if key not in baseline:
+            continue
+        b = float(baseline[key])
+        p["baseline_max_abs"] = b
+        c = p.get("max_abs")
+        c = None if c is None else float(_num(c))
+        if c is None or math.isnan(c) or math.isnan(b):
+            continue
+        regressed = c > factor * b if b > 0 else c > BASELINE_ZERO_TOL
+        if regressed:
+            grow = f"{c / b:.3g}× the baseline" if b > 0 else "above the baseline"
+            note = (f"probe {p.get('name')} ({p.get('mode')}): max abs {format_number(c)} is {grow} "
+                    f"{format_number(b)} (limit {factor:g}×)")
+            old = str(p.get("message") or "").strip()
+            p["message"] = note + ("\n" + old if old else "")
+            p["passed"] = False
+            p["baseline_regressed"] = True
+    result["passed"] = bool(result.get("passed", True)) and all(bool(p.get("passed")) for p in probes)
+    if not result["passed"] and not result.get("first_divergence"):
+        first = next((p for p in probes if not p.get("passed")), None)
+        if first is not None:
+            result["first_divergence"] = {"probe": first.get("name"), "mode": first.get("mode"),
+                                          "torch_path": first.get("torch_path", ""),
+                                          "ms_path": first.get("ms_path", "")}
+    return result
+
+
+def copy_result(result: dict) -> dict:
+    """A deep copy (handy before apply_baseline when the original must stay untouched)."""
+    return copy.deepcopy(result)

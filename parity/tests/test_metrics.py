@@ -1,0 +1,386 @@
+"""parity.metrics against straightforward full-array numpy formulas."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from parity.errors import ParityError
+from parity.metrics import (
+    Metrics,
+    compare_close,
+    compute_metrics,
+    format_number,
+    metrics_throughput,
+    passed,
+    read_bandwidth_probe,
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the reference: plain numpy over whole arrays
+
+def _work(r, s):
+    big = any(a.dtype.itemsize > 4 or (a.dtype.kind in "iu" and a.dtype.itemsize > 2) for a in (r, s))
+    return np.float64 if big else np.float32
+
+
+def reference(r, s, atol, rtol, rel_floor=None):
+    r = np.asarray(r)
+    s = np.asarray(s)
+    wt = _work(r, s)
+    rw = r.astype(wt).reshape(-1)
+    sw = s.astype(wt).reshape(-1)
+    fin = np.isfinite(rw) & np.isfinite(sw)
+    pos = np.flatnonzero(fin)
+    rc, sc = rw[fin], sw[fin]
+    ad = np.abs(sc - rc)
+    out = {"n": r.size, "n_compared": int(fin.sum())}
+    if rel_floor is None:
+        fr = rw[np.isfinite(rw)]
+        amax = float(np.abs(fr).max()) if fr.size else 0.0
+        rel_floor = 1e-3 * amax if amax > 0 else 1e-12
+    floor = wt(rel_floor)
+    out["rel_floor"] = float(floor)
+    close = np.isclose(sw, rw, rtol=rtol, atol=atol, equal_nan=True)
+    out["n_outside"] = int((~close).sum())
+    if ad.size:
+        k = int(np.argmax(ad))
+        out["max_abs"] = float(ad[k])
+        out["argmax_abs"] = tuple(int(x) for x in np.unravel_index(pos[k], r.shape)) if r.shape else ()
+        out["ref_at_max"] = float(rc[k])
+        out["sub_at_max"] = float(sc[k])
+        out["mean_abs"] = float(ad.astype(np.float64).mean())
+        out["max_rel"] = float(np.max(ad / np.maximum(np.abs(rc), floor)))
+        out["min_passing_atol"] = max(0.0, float(np.max(ad - wt(rtol) * np.abs(rc))))
+        r64, s64 = rc.astype(np.float64), sc.astype(np.float64)
+        nr, ns = np.linalg.norm(r64), np.linalg.norm(s64)
+        if nr == 0 and ns == 0:
+            out["cosine"] = 1.0
+        elif nr == 0 or ns == 0:
+            out["cosine"] = 0.0
+        else:
+            out["cosine"] = float(np.dot(r64, s64) / (nr * ns))
+        nd = np.linalg.norm(s64 - r64)
+        out["rel_fro"] = float(nd / nr) if nr > 0 else (0.0 if nd == 0 else math.inf)
+        srt = np.sort(ad)
+        out["p99_abs"] = float(srt[-(-99 * srt.size // 100) - 1])
+    out["nan_ref"] = int(np.isnan(rw).sum())
+    out["nan_sub"] = int(np.isnan(sw).sum())
+    out["inf_ref"] = int(np.isinf(rw).sum())
+    out["inf_sub"] = int(np.isinf(sw).sum())
+    bad = ~fin
+    agree = (np.isnan(rw) & np.isnan(sw)) | (rw == sw)
+    out["nonfinite_match"] = not bool(np.any(bad & ~agree))
+    return out
+
+
+def check(m: Metrics, r, s, atol, rtol, rel_floor=None, rtol_sums=2e-5):
+    exp = reference(r, s, atol, rtol, rel_floor)
+    assert m.n == exp["n"] and m.n_compared == exp["n_compared"]
+    assert m.shape == tuple(np.asarray(r).shape)
+    for k in ("n_outside", "nan_ref", "nan_sub", "inf_ref", "inf_sub", "nonfinite_match"):
+        assert getattr(m, k) == exp[k], k
+    assert m.rel_floor == exp["rel_floor"]
+    if exp["n_compared"] == 0:
+        return exp
+    for k in ("max_abs", "max_rel", "min_passing_atol", "p99_abs", "ref_at_max", "sub_at_max"):
+        assert getattr(m, k) == pytest.approx(exp[k], rel=1e-12, abs=0), k
+    assert m.argmax_abs == exp["argmax_abs"]
+    assert m.mean_abs == pytest.approx(exp["mean_abs"], rel=rtol_sums, abs=1e-30)
+    assert m.rel_fro == pytest.approx(exp["rel_fro"], rel=rtol_sums, abs=1e-30)
+    # 1 - cos to a relative precision (the metric is designed for that), or absolutely for far-apart data
+    assert (1 - m.cosine) == pytest.approx(1 - exp["cosine"], rel=1e-3, abs=1e-12)
+    return exp
+
+
+def _pair(rng, shape, noise=1e-3, dtype=np.float32):
+    r = rng.standard_normal(shape).astype(dtype)
+    s = (r.astype(np.float64) + noise * rng.standard_normal(shape)).astype(dtype)
+    return r, s
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 127, 128, 129, 64 * 7 + 5, 5000])
+@pytest.mark.parametrize("chunk", [64, 1000, 131072])
+def test_random_sizes_and_chunk_boundaries(n, chunk):
+    rng = np.random.default_rng(n * 7 + chunk)
+    r, s = _pair(rng, (n,))
+    m = compute_metrics(r, s, atol=1e-3, rtol=1e-3, chunk_elems=chunk, name="x")
+    check(m, r, s, 1e-3, 1e-3)
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (3, 5, 7), (2, 1, 33, 4), (0,), (4, 0, 3)])
+def test_shapes(shape):
+    rng = np.random.default_rng(1)
+    r, s = _pair(rng, shape)
+    m = compute_metrics(r, s, atol=1e-4, rtol=1e-4, chunk_elems=16)
+    check(m, r, s, 1e-4, 1e-4)
+    if r.size == 0:
+        assert m.max_abs == 0 and m.cosine == 1 and m.argmax_abs is None and passed(m)
+    elif shape == ():
+        assert m.argmax_abs == ()
+
+
+def test_zero_sized_and_all_zero():
+    z = np.zeros((4, 5), np.float32)
+    m = compute_metrics(z, z.copy(), atol=0, rtol=0)
+    assert (m.max_abs, m.mean_abs, m.max_rel, m.rel_fro, m.cosine, m.p99_abs) == (0, 0, 0, 0, 1, 0)
+    assert m.rel_floor == pytest.approx(1e-12, rel=1e-6) and passed(m) and m.argmax_abs == (0, 0)
+    s = z.copy()
+    s[2, 3] = 1e-6
+    m = compute_metrics(z, s, atol=0, rtol=0)
+    assert m.cosine == 0.0 and m.rel_fro == math.inf and m.n_outside == 1 and not passed(m)
+    assert m.argmax_abs == (2, 3) and m.max_rel == pytest.approx(1e6, rel=1e-6)
+    check(m, z, s, 0, 0)
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 131072])
+def test_nan_inf_same_positions(chunk):
+    rng = np.random.default_rng(2)
+    r, s = _pair(rng, (300,))
+    for a in (r, s):
+        a[[3, 100, 299]] = np.nan
+        a[[5, 150]] = np.inf
+        a[7] = -np.inf
+    m = compute_metrics(r, s, atol=1e-2, rtol=1e-2, chunk_elems=chunk)
+    exp = check(m, r, s, 1e-2, 1e-2)
+    assert m.nonfinite_match and not m.finite_ok and not passed(m)
+    assert m.n_outside == 0 and m.n_compared == 294 and exp["nan_ref"] == 3 and m.inf_sub == 3
+    assert m.first_nonfinite_mismatch is None
+
+
+@pytest.mark.parametrize("chunk", [7, 131072])
+def test_nan_inf_different_positions_and_one_side(chunk):
+    rng = np.random.default_rng(3)
+    r, s = _pair(rng, (20, 10))
+    r[1, 2] = np.nan
+    s[1, 3] = np.nan
+    s[4, 4] = np.inf
+    r[5, 5] = np.inf
+    s[5, 5] = -np.inf
+    m = compute_metrics(r, s, atol=1e-2, rtol=1e-2, chunk_elems=chunk, name="p")
+    check(m, r, s, 1e-2, 1e-2)
+    assert not m.nonfinite_match and m.n_outside == 4 and m.first_nonfinite_mismatch == (1, 2)
+    # the finite metrics ignore the non-finite positions but are not zeroed out
+    assert m.max_abs > 0 and math.isfinite(m.max_abs) and m.n_compared == 196
+    ok, _, msg = compare_close(r, s, 1e-2, 1e-2, "p")
+    assert not ok and "NaN/Inf" in msg.splitlines()[0] and "first at index (1, 2)" in msg
+
+
+def test_all_nonfinite():
+    r = np.full(10, np.nan, np.float32)
+    m = compute_metrics(r, r.copy(), atol=1, rtol=1)
+    assert math.isnan(m.max_abs) and math.isnan(m.cosine) and m.n_compared == 0 and m.nonfinite_match
+    assert m.argmax_abs is None and not passed(m) and m.n_outside == 0
+
+
+@pytest.mark.parametrize("dt_r,dt_s", [(np.float16, np.float16), (np.float64, np.float64),
+                                       (np.float16, np.float32), (np.float32, np.float64)])
+def test_dtypes(dt_r, dt_s):
+    rng = np.random.default_rng(4)
+    r = rng.standard_normal(1000)
+    s = r + 1e-2 * rng.standard_normal(1000)
+    r, s = r.astype(dt_r), s.astype(dt_s)
+    m = compute_metrics(r, s, atol=1e-2, rtol=1e-2, chunk_elems=100)
+    check(m, r, s, 1e-2, 1e-2)
+
+
+def test_int_and_bool_masks():
+    a = np.array([[1, 0, 1], [0, 0, 1]], dtype=bool)
+    b = a.copy()
+    m = compute_metrics(a, b, atol=0, rtol=0)
+    assert passed(m) and m.max_abs == 0
+    b[1, 1] = True
+    m = compute_metrics(a.astype(np.int64), b.astype(np.int64), atol=0, rtol=0)
+    assert m.n_outside == 1 and m.argmax_abs == (1, 1) and m.max_abs == 1
+
+
+def test_memmap_and_noncontiguous(tmp_path):
+    rng = np.random.default_rng(5)
+    r, s = _pair(rng, (37, 29))
+    pr, ps = tmp_path / "r.bin", tmp_path / "s.bin"
+    r.tofile(pr)
+    s.tofile(ps)
+    mr = np.memmap(pr, dtype=np.float32, mode="r", shape=r.shape)
+    ms = np.memmap(ps, dtype=np.float32, mode="r", shape=s.shape)
+    m = compute_metrics(mr, ms, atol=1e-3, rtol=1e-3, chunk_elems=100)
+    check(m, r, s, 1e-3, 1e-3)
+    # transposed (non-contiguous) views are read in C order of the view
+    m = compute_metrics(mr.T, ms.T, atol=1e-3, rtol=1e-3, chunk_elems=100)
+    check(m, r.T, s.T, 1e-3, 1e-3)
+    # float16 memmap (converted chunk by chunk)
+    r16 = tmp_path / "r16.bin"
+    r.astype(np.float16).tofile(r16)
+    m16 = np.memmap(r16, dtype=np.float16, mode="r", shape=r.shape)
+    m = compute_metrics(m16, ms, atol=1e-3, rtol=1e-3, chunk_elems=100)
+    check(m, r.astype(np.float16), s, 1e-3, 1e-3)
+
+
+def test_tolerance_count_matches_isclose_at_the_boundary():
+    rng = np.random.default_rng(6)
+    r = rng.standard_normal(20000).astype(np.float32)
+    s = (r * (1 + 1e-5 * rng.standard_normal(20000))).astype(np.float32)
+    for atol, rtol in [(0, 1e-5), (1e-6, 1e-5), (1e-5, 0), (0, 0), (3e-6, 3e-6)]:
+        m = compute_metrics(r, s, atol=atol, rtol=rtol, chunk_elems=999)
+        assert m.n_outside == int((~np.isclose(s, r, rtol=rtol, atol=atol)).sum())
+        check(m, r, s, atol, rtol)
+        # the minimal passing atol really makes everything (but rounding ties) pass
+        assert (~np.isclose(s, r, rtol=rtol, atol=m.min_passing_atol * (1 + 1e-6))).sum() == 0
+
+
+def test_p99_nonstationary_fallback():
+    """First chunk's errors are large, the rest tiny: the speculative threshold is too high."""
+    rng = np.random.default_rng(7)
+    r = rng.standard_normal(5000).astype(np.float32)
+    s = r.copy()
+    s[:100] += 1.0 + rng.random(100).astype(np.float32)
+    s[100:] += (1e-4 * rng.standard_normal(4900)).astype(np.float32)
+    m = compute_metrics(r, s, atol=1, rtol=0, chunk_elems=100)
+    check(m, r, s, 1, 0)
+    # and the reverse: growing errors (threshold too low; many kept, re-thresholded)
+    s = r + (np.linspace(0, 1, 5000) * rng.standard_normal(5000)).astype(np.float32)
+    m = compute_metrics(r, s, atol=1, rtol=0, chunk_elems=64)
+    check(m, r, s, 1, 0)
+    # a fallback large enough to re-threshold inside the extra pass
+    r = rng.standard_normal(200000).astype(np.float32)
+    s = r.copy()
+    s[:1000] += 5
+    s[1000:] += (1e-3 * rng.standard_normal(199000)).astype(np.float32)
+    m = compute_metrics(r, s, atol=1, rtol=0, chunk_elems=1000)
+    check(m, r, s, 1, 0)
+
+
+def test_argmax_first_occurrence_across_chunks():
+    r = np.zeros(1000, np.float32)
+    s = r.copy()
+    s[[10, 500, 999]] = 2.0
+    s[[300]] = -2.0
+    m = compute_metrics(r, s, atol=0, rtol=0, chunk_elems=64)
+    assert m.argmax_abs == (10,) and m.sub_at_max == 2.0 and m.n_outside == 4
+
+
+def test_cosine_keeps_precision_near_one():
+    rng = np.random.default_rng(8)
+    r = rng.standard_normal(100000)
+    s = r + 1e-7 * rng.standard_normal(100000)
+    m = compute_metrics(r, s, atol=1, rtol=0)
+    exact = 0.5e-14  # E[1 - cos] = ½·(noise/σ)² for independent noise
+    assert 1 - m.cosine == pytest.approx(exact, rel=0.05)
+    assert compute_metrics(r, -r, atol=1, rtol=0).cosine == pytest.approx(-1)
+    assert compute_metrics(r, 3 * r, atol=1, rtol=0).cosine == pytest.approx(1, abs=1e-15)
+
+
+def test_overflow_and_huge_values_are_summed_in_float64():
+    r = np.array([3e38, 1.0, -2.0], np.float32)
+    s = np.array([-3e38, 1.0, -2.0], np.float32)
+    m = compute_metrics(r, s, atol=0, rtol=0)
+    assert m.finite_ok and m.max_abs == pytest.approx(6e38, rel=1e-6) and m.n_outside == 1
+    assert m.rel_fro == pytest.approx(2.0, rel=1e-6) and m.cosine == pytest.approx(-1, abs=1e-6)
+    tiny = np.array([1e-30, 2e-30, 0], np.float32)
+    m = compute_metrics(tiny, tiny * 2, atol=0, rtol=0)
+    assert m.rel_fro == pytest.approx(1.0, rel=1e-6) and m.mean_abs == pytest.approx(1e-30, rel=1e-6)
+
+
+def test_rel_floor_and_ref_absmax():
+    rng = np.random.default_rng(9)
+    r, s = _pair(rng, (3000,))
+    m1 = compute_metrics(r, s, atol=1, rtol=1)
+    m2 = compute_metrics(r, s, atol=1, rtol=1, ref_absmax=float(np.abs(r).max()))
+    assert m1 == m2
+    m3 = compute_metrics(r, s, atol=1, rtol=1, rel_floor=0.5)
+    check(m3, r, s, 1, 1, rel_floor=0.5)
+    assert m3.max_rel < m1.max_rel
+
+
+def test_errors():
+    a = np.zeros((2, 3), np.float32)
+    with pytest.raises(ParityError, match=r"probe hs: shape \(3, 2\) vs reference \(2, 3\)"):
+        compute_metrics(a, np.zeros((3, 2), np.float32), atol=0, rtol=0, name="hs")
+    with pytest.raises(ParityError, match="atol"):
+        compute_metrics(a, a, atol=-1, rtol=0)
+    with pytest.raises(ParityError, match="rtol"):
+        compute_metrics(a, a, atol=0, rtol=float("nan"))
+    with pytest.raises(ParityError, match="rel_floor"):
+        compute_metrics(a, a, atol=0, rtol=0, rel_floor=0)
+    with pytest.raises(ParityError, match="dtype"):
+        compute_metrics(a.astype(np.complex64), a, atol=0, rtol=0, name="c")
+    try:
+        compute_metrics(a, np.zeros(6), atol=0, rtol=0, name="x")
+    except ParityError as e:
+        assert "\n" not in str(e)
+
+
+def test_compare_close_message():
+    rng = np.random.default_rng(10)
+    r = rng.standard_normal((64, 4, 60)).astype(np.float32)
+    s = r.copy()
+    s[12, 0, 7] += 3.1e-4
+    s[1, 1, 1] += 2e-5
+    ok, m, msg = compare_close(r, s, 1e-6, 1e-5, "hidden_states_2_block",
+                               context="profile fp32/block/accumulated")
+    assert not ok and not passed(m)
+    lines = msg.splitlines()
+    first = lines[0]
+    assert first.startswith("probe hidden_states_2_block: Not equal to tolerance rtol=1e-05, atol=1e-06")
+    assert "(profile fp32/block/accumulated)" in first and "2 / 15360 mismatched" in first
+    assert any(line.startswith("Max absolute difference: 3.1e-04 at index (12, 0, 7): ref=") for line in lines)
+    assert any(line.startswith("Minimal passing atol at rtol=1e-05: ") for line in lines)
+    assert "Mismatched elements: 2 / 15360 (0.013%)" in msg
+    ok, m, msg = compare_close(r, r.copy(), 1e-6, 1e-5, "x")
+    assert ok and "\n" not in msg and msg.startswith("probe x: within tolerance")
+
+
+def test_to_dict_and_format_number():
+    m = compute_metrics(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), atol=0, rtol=0)
+    d = m.to_dict()
+    assert d["shape"] == [2, 2] and d["argmax_abs"] == [0, 0] and d["cosine"] == 1.0
+    assert set(d) >= {"max_abs", "mean_abs", "max_rel", "cosine", "rel_fro", "p99_abs", "n_outside",
+                      "frac_outside", "min_passing_atol", "nan_ref", "nan_sub", "inf_ref", "inf_sub",
+                      "nonfinite_match", "finite_ok"}
+    assert [format_number(x) for x in (0, 0.5312, 3.1e-4, float("nan"), float("inf"), None, 12345.0)] == \
+        ["0", "0.5312", "3.1e-04", "NaN", "inf", "—", "1.2e+04"]
+
+
+def test_throughput_helpers_run():
+    assert read_bandwidth_probe(nbytes=4_000_000, repeats=2) > 0
+    assert metrics_throughput(200_000, repeats=1) > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+_floats = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=32)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.lists(st.tuples(_floats, _floats, st.sampled_from([0, 0, 0, 1, 2, 3])), min_size=0, max_size=300),
+    chunk=st.sampled_from([1, 3, 16, 1000]),
+    atol=st.sampled_from([0.0, 1e-3, 1.0]),
+    rtol=st.sampled_from([0.0, 1e-3, 0.5]),
+)
+def test_property_matches_reference(data, chunk, atol, rtol):
+    special = [None, np.nan, np.inf, -np.inf]
+    r = np.array([a for a, _, _ in data], np.float32)
+    s = np.array([b for _, b, _ in data], np.float32)
+    for i, (_, _, k) in enumerate(data):  # sprinkle non-finite values on one or both sides
+        if k == 1:
+            r[i] = special[1 + i % 3]
+        elif k == 2:
+            s[i] = special[1 + i % 3]
+        elif k == 3:
+            r[i] = s[i] = special[1 + i % 3]
+    m = compute_metrics(r, s, atol=atol, rtol=rtol, chunk_elems=chunk)
+    exp = reference(r, s, atol, rtol)
+    for key in ("n_outside", "nan_ref", "nan_sub", "inf_ref", "inf_sub", "nonfinite_match", "n_compared"):
+        assert getattr(m, key) == exp[key], key
+    if exp["n_compared"]:
+        for key in ("max_abs", "max_rel", "p99_abs", "min_passing_atol"):
+            assert getattr(m, key) == exp[key], key
+        assert m.mean_abs == pytest.approx(exp["mean_abs"], rel=1e-5, abs=1e-30)
+    assert passed(m) == (exp["n_outside"] == 0 and m.finite_ok)

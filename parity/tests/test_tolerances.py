@@ -1,0 +1,140 @@
+"""parity.tolerances: the shipped file, the schema validation, lookups and the relative criterion."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from parity.errors import ParityError
+from parity.tolerances import (
+    DEFAULT_PATH,
+    MODES,
+    PROBE_CLASSES,
+    RelativeCriterion,
+    load_profiles,
+    relative_passed,
+)
+
+
+def _shipped() -> dict:
+    return json.loads(DEFAULT_PATH.read_text())
+
+
+def _write(tmp_path, data, name="tol.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return p
+
+
+def test_shipped_file_loads_and_has_the_starting_numbers():
+    prof = load_profiles()
+    assert prof.version == 1 and prof.precisions == ["bf16", "fp16", "fp32"]
+    t = prof.lookup("fp32", "embedding", "isolated")
+    assert (t.atol, t.rtol) == (2e-5, 1e-5) and "ops.exp" in t.reason and "angle" in t.reason
+    assert t.relative is None and t.key == "fp32/embedding/isolated"
+    assert t.context == "profile fp32/embedding/isolated"
+    assert (prof.lookup("fp32", "block", "isolated").atol, prof.lookup("fp32", "block", "isolated").rtol) \
+        == (1e-5, 1e-5)
+    acc = prof.lookup("fp32", "block", "accumulated")
+    assert (acc.atol, acc.rtol) == (5e-5, 1e-4)
+    out = prof.lookup("fp32", "output", "accumulated")
+    assert (out.atol, out.rtol) == (5e-5, 1e-4)
+    for prec in prof.precisions:
+        for cls in ("input", "mask"):
+            for mode in MODES:
+                t = prof.lookup(prec, cls, mode)
+                assert (t.atol, t.rtol) == (0, 0)
+    for prec, k, floor in (("fp16", 2, 1e-3), ("bf16", 2, 5e-3)):
+        for cls in ("embedding", "block", "output"):
+            for mode in MODES:
+                t = prof.lookup(prec, cls, mode)
+                assert t.relative == RelativeCriterion(k=k, floor=floor, reason=t.relative.reason)
+                assert "placeholder" in t.reason and "placeholder" in t.relative.reason
+
+
+def test_probe_classes_agree_with_the_model_family():
+    from parity.families.opensora_v13.probes import PROBE_CLASSES as FAMILY_CLASSES
+    assert tuple(FAMILY_CLASSES) == PROBE_CLASSES
+
+
+def test_lookup_errors_name_the_file():
+    prof = load_profiles()
+    with pytest.raises(ParityError, match=r"tolerances\.json: no tolerance profile for precision 'fp8'"):
+        prof.lookup("fp8", "block", "isolated")
+    with pytest.raises(ParityError, match="no probe class 'attn'"):
+        prof.lookup("fp32", "attn", "isolated")
+    with pytest.raises(ParityError, match="no mode 'both'"):
+        prof.lookup("fp32", "block", "both")
+
+
+def test_user_file_and_round_trip(tmp_path):
+    data = _shipped()
+    data["profiles"] = {"fp64": copy.deepcopy(data["profiles"]["fp32"])}
+    data["profiles"]["fp64"]["block"]["isolated"]["atol"] = 1e-12
+    p = _write(tmp_path, data)
+    prof = load_profiles(p)
+    assert prof.path == str(p) and prof.precisions == ["fp64"]
+    assert prof.lookup("fp64", "block", "isolated").atol == 1e-12
+    again = load_profiles(_write(tmp_path, prof.to_dict(), "again.json"))
+    assert again.table == prof.table
+
+
+def _broken(mutate):
+    data = _shipped()
+    mutate(data)
+    return data
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d.update(extra=1), r"top level: unknown key\(s\) 'extra'"),
+    (lambda d: d.pop("version"), r"top level: missing key\(s\) 'version'"),
+    (lambda d: d.update(version=2), "unsupported version 2"),
+    (lambda d: d.update(version=True), "unsupported version True"),
+    (lambda d: d.update(profiles={}), "profiles: must be a non-empty object"),
+    (lambda d: d["profiles"]["fp32"].pop("mask"), r"profiles\.fp32: missing key\(s\) 'mask'"),
+    (lambda d: d["profiles"]["fp32"].update(attn={}), r"profiles\.fp32: unknown key\(s\) 'attn'"),
+    (lambda d: d["profiles"]["fp32"]["block"].pop("accumulated"), r"profiles\.fp32\.block: missing key"),
+    (lambda d: d["profiles"]["fp32"]["block"]["isolated"].update(atol=-1e-5),
+     r"profiles\.fp32\.block\.isolated\.atol: must be >= 0, got -1e-05"),
+    (lambda d: d["profiles"]["fp32"]["block"]["isolated"].update(rtol="1e-5"),
+     r"profiles\.fp32\.block\.isolated\.rtol: must be a finite number"),
+    (lambda d: d["profiles"]["fp32"]["block"]["isolated"].pop("reason"), r"missing key\(s\) 'reason'"),
+    (lambda d: d["profiles"]["fp32"]["block"]["isolated"].update(reason="  "), "non-empty one-line string"),
+    (lambda d: d["profiles"]["fp32"]["block"]["isolated"].update(reason="a\nb"), "must be one line"),
+    (lambda d: d["profiles"]["fp32"]["block"]["isolated"].update(tol=1), r"unknown key\(s\) 'tol'"),
+    (lambda d: d["profiles"]["bf16"]["block"]["isolated"]["relative"].update(k=-2),
+     r"profiles\.bf16\.block\.isolated\.relative\.k: must be >= 0"),
+    (lambda d: d["profiles"]["bf16"]["block"]["isolated"]["relative"].pop("reason"),
+     r"relative: missing key\(s\) 'reason'"),
+    (lambda d: d["profiles"].update({"fp 32": {}}), "precision names"),
+])
+def test_schema_errors(tmp_path, mutate, match):
+    p = _write(tmp_path, _broken(mutate))
+    with pytest.raises(ParityError, match=match) as ei:
+        load_profiles(p)
+    assert str(p) in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ParityError, match="tolerance file not found"):
+        load_profiles(tmp_path / "nope.json")
+    with pytest.raises(ParityError, match="not valid JSON"):
+        load_profiles(_write(tmp_path, "{not json"))
+    with pytest.raises(ParityError, match="not valid JSON"):
+        load_profiles(_write(tmp_path, '{"version": 1, "profiles": {"fp32": NaN}}'))
+    with pytest.raises(ParityError, match="top level: must be an object"):
+        load_profiles(_write(tmp_path, "[1, 2]"))
+
+
+def test_relative_passed():
+    c = RelativeCriterion(k=2, floor=1e-3, reason="r")
+    assert relative_passed(0.021, 0.01, c)
+    assert relative_passed(0.0, 0.0, c)
+    assert relative_passed(1e-3, 0.0, c)
+    assert not relative_passed(0.0211, 0.01, c)
+    assert not relative_passed(float("nan"), 0.01, c)
+    assert not relative_passed(0.0, float("nan"), c)
+    assert not relative_passed(float("inf"), 0.01, c)
+    assert not relative_passed(None, 0.01, c)
