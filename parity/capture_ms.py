@@ -181,7 +181,8 @@ class MsCapture:
             if cap.take == "input":
                 if cap.arg not in bound:
                     raise ParityError(f"probe {spec.name}: argument {cap.arg!r} is not a parameter of "
-                                      f"{cap.module or '(root)'}.{cap.method or 'construct'}; fix 'arg' in the probe map")
+                                      f"{cap.module or '(root)'}.{cap.method or 'construct'}; "
+                                      f"fix 'arg' in the probe map")
                 self._emit(spec, bound[cap.arg])
             else:
                 self._emit(spec, output)

@@ -62,7 +62,7 @@ def cmd_dump(args) -> int:
         seed = case.weights_seed if args.seed is None else args.seed
         summary = dump_reference(out=args.out, config=case.config, inputs=case.make_inputs(), seed=seed,
                                  precision=args.precision, case=case.name, inputs_seed=case.inputs_seed,
-                                 force=args.force, family=args.family, progress=_say)
+                                 force=args.force, family=args.family, progress=_say, threads=args.threads)
     else:
         if not (args.config and args.inputs) or (args.weights is None) == (args.seed is None):
             raise ParityError("parity dump needs --case NAME, or --config C.json --inputs IN and exactly one of "
@@ -71,7 +71,8 @@ def cmd_dump(args) -> int:
         inputs = load_tensor_file(args.inputs, "inputs")
         summary = dump_reference(out=args.out, config=config, inputs=inputs, weights_path=args.weights,
                                  seed=args.seed, precision=args.precision, force=args.force, family=args.family,
-                                 config_source=args.config, inputs_source=args.inputs, progress=_say)
+                                 config_source=args.config, inputs_source=args.inputs, progress=_say,
+                                 threads=args.threads)
     if summary["nonfinite"]:
         _say(f"warning: reference states with NaN/Inf: {', '.join(summary['nonfinite'][:5])}")
     print(f"wrote {summary['out']} ({summary['probes']} probes, {summary['precision']})")
@@ -216,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     s.add_argument("--out", required=True, help="dump directory to create")
     s.add_argument("--force", action="store_true", help="replace an existing dump")
+    s.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: CPU reductions depend on it, so dumps reproduce exactly)")
     s.set_defaults(func=cmd_dump)
 
     s = sub.add_parser("ingest", help="turn a folder of hand-dumped <probe>.npy files into a dump")
@@ -278,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         where = exc.filename or ""
         _say(f"parity {args.command}: error: {where}: {exc.strerror or exc}; {hint}")
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_OK
     except KeyboardInterrupt:
         _say(f"parity {args.command}: interrupted; nothing half-written was left in place")
         return 130

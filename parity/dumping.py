@@ -47,12 +47,14 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
                    weights: dict | None = None, weights_path: str | None = None, seed: int | None = None,
                    case: str | None = None, inputs_seed: int | None = None, force: bool = False,
                    family: str = DEFAULT_FAMILY, config_source: str = "config",
-                   inputs_source: str = "inputs", progress: Callable[[str], None] | None = None) -> dict:
+                   inputs_source: str = "inputs", progress: Callable[[str], None] | None = None,
+                   threads: int = 1) -> dict:
     """Run the reference on ``inputs`` and write a dump to ``out``; returns a small summary dict.
 
     Weights come from ``weights`` (in memory), ``weights_path`` (safetensors) or ``seed`` (random init).
     For bf16/fp16 the same model is also run in fp32 on the rounded weights (``states_fp32``), which the
-    reference-relative tolerance criterion needs.
+    reference-relative tolerance criterion needs. ``threads`` fixes the reference's intra-op thread count
+    (CPU matmul reductions depend on it), so the same dump is reproduced bit for bit on any machine.
     """
     _check_precision(precision)
     fam = get_family(family)
@@ -72,10 +74,13 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
     weights_lowp = round_to_precision(weights, precision)
 
     seeds = {"weights": seed, "inputs": inputs_seed}
+    if threads < 1:
+        raise ParityError(f"--threads must be >= 1, got {threads}")
     say = progress or (lambda _msg: None)
     nonfinite: list[str] = []
     with DumpWriter(out, family=family, precision=precision, config=cfg_dict, seeds=seeds,
-                    versions=versions(ref), case=case, producer="parity dump", force=force) as writer:
+                    versions=versions(ref), case=case, producer="parity dump", force=force,
+                    extra={"threads": threads}) as writer, ref.fixed_threads(threads):
         for name, arr in inputs.items():
             writer.add_input(name, arr)
         external = (weights_path is not None and os.path.getsize(weights_path) > EXTERNAL_WEIGHTS_BYTES)

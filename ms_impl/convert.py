@@ -1,0 +1,96 @@
+"""Weight conversion between the torch reference's ``state_dict`` and the MindSpore port, strict both ways.
+
+The MindSpore model was written so that its ``parameters_and_names()`` are torch's ``state_dict()`` keys with the
+same shapes and layouts (``nn.Linear`` weight (out, in), ``Conv2d`` weight (D, C, p, p)), so a conversion is a
+checked identity: every expected name must be present with the expected shape and a float dtype, nothing
+unexpected may be there, and all problems are listed, by name, in one ``ParityError`` line. The expected names
+and shapes come from the MindSpore model itself, built under ``no_init_parameters`` (no weight memory is
+allocated, so this works for the 2.77 B-parameter config too). A round trip is exact (arrays pass untouched).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from parity.errors import ParityError
+from parity.families.opensora_v13.config import OpenSoraConfig
+
+_LIST_CAP = 6
+
+
+def _config(config) -> OpenSoraConfig:
+    return config if isinstance(config, OpenSoraConfig) else OpenSoraConfig.from_dict(config)
+
+
+def expected_parameter_shapes(config) -> dict[str, tuple]:
+    """Names and shapes of the MindSpore model's parameters for ``config``, in order, without allocating them."""
+    from mindspore.nn.utils import no_init_parameters
+
+    from ms_impl.modeling_opensora import OpenSoraT2V_v1_3
+
+    with no_init_parameters():
+        model = OpenSoraT2V_v1_3(_config(config))
+    return {name: tuple(p.shape) for name, p in model.parameters_and_names()}
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_LIST_CAP])
+    return f"[{shown}{f' … (+{len(items) - _LIST_CAP} more)' if len(items) > _LIST_CAP else ''}]"
+
+
+def check_tensors(tensors: Mapping[str, np.ndarray], expected: Mapping[str, tuple], what: str) -> None:
+    """One ParityError naming every missing, unexpected, shape-mismatched or non-float entry."""
+    if not isinstance(tensors, Mapping):
+        raise ParityError(f"{what}: expected a mapping of parameter name -> array, got {type(tensors).__name__}")
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    mismatched, bad_dtype = [], []
+    for k, shape in expected.items():
+        if k in tensors:
+            arr = tensors[k]
+            got = tuple(np.shape(arr))
+            if got != tuple(shape):
+                mismatched.append(f"{k} (got {got}, expected {tuple(shape)})")
+            elif np.asarray(arr).dtype.kind != "f":
+                bad_dtype.append(f"{k} ({np.asarray(arr).dtype})")
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} key(s) {_listing(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} key(s) {_listing(unexpected)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatch(es) {_listing(mismatched)}")
+    if bad_dtype:
+        parts.append(f"{len(bad_dtype)} non-float tensor(s) {_listing(bad_dtype)}")
+    if parts:
+        raise ParityError(f"{what}: {'; '.join(parts)}; refusing to convert — use the config.json that belongs "
+                          f"to these weights")
+
+
+def convert_torch_to_ms(tensors: Mapping[str, np.ndarray], config) -> dict[str, np.ndarray]:
+    """torch ``state_dict`` arrays -> MindSpore parameter arrays (names/layouts coincide; strictly checked)."""
+    expected = expected_parameter_shapes(config)
+    check_tensors(tensors, expected, "torch -> mindspore weight conversion")
+    return {name: tensors[name] for name in expected}
+
+
+def convert_ms_to_torch(tensors: Mapping[str, np.ndarray], config) -> dict[str, np.ndarray]:
+    """MindSpore parameter arrays -> torch ``state_dict`` arrays (inverse of ``convert_torch_to_ms``)."""
+    expected = expected_parameter_shapes(config)
+    check_tensors(tensors, expected, "mindspore -> torch weight conversion")
+    return {name: tensors[name] for name in expected}
+
+
+def load_into(model, tensors: Mapping[str, np.ndarray]) -> None:
+    """Copy MindSpore-named float arrays into ``model``'s parameters (float32; ``set_precision`` casts after)."""
+    import mindspore as ms
+
+    expected = {name: tuple(p.shape) for name, p in model.parameters_and_names()}
+    check_tensors(tensors, expected, "loading weights into the MindSpore model")
+    for name, param in model.parameters_and_names():
+        arr = np.ascontiguousarray(tensors[name], dtype=np.float32)
+        if param.dtype != ms.float32:
+            param.set_dtype(ms.float32)
+        param.set_data(ms.Tensor(arr))

@@ -1,0 +1,222 @@
+"""Subject side of the ``opensora_v13`` family harness (imported by name from the family's probe map).
+
+Everything the parity CLI needs from MindSpore: a strictly loaded model at a precision, a forward pass, probe
+capture, module paths, and teacher forcing (``run_isolated``). Inputs and outputs are numpy; arrays handed to
+``on_probe`` are float32 in the MindSpore layout (the engine applies the probe map's adapters), with the dtype
+name of the values ("bfloat16" for the bf16 emulation's bf16-valued float32 tensors).
+
+Inputs as the torch reference takes them: ``hidden_states (B,C,T,H,W)``, ``timestep (B,)``,
+``encoder_hidden_states (B,1,L,Dc)`` or ``(B,L,Dc)``, ``attention_mask (B,T,H,W)``, ``encoder_attention_mask
+(B,1,L)`` or ``(B,L)``. As in the reference harness, only ``encoder_hidden_states`` is cast to the model dtype
+(it goes straight into the caption Linear); everything else is passed as given: the model casts
+``hidden_states`` at the patch embedding, computes the sinusoid from the float32 ``timestep``, and converts the
+masks to biases in its dtype. Also exported for the CLI: ``convert_torch_to_ms`` / ``convert_ms_to_torch``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+import mindspore as ms
+from mindspore.nn.utils import no_init_parameters
+
+from ms_impl import attention as attention_seam
+from ms_impl.convert import convert_ms_to_torch, convert_torch_to_ms, load_into  # noqa: F401 (CLI uses both)
+from ms_impl.modeling_opensora import OpenSoraT2V_v1_3, set_attention_backend, set_precision
+from ms_impl.precision import normalize_device, precision_label as _precision_label
+from parity.adapters import get_adapter
+from parity.capture_ms import MsCapture, module_paths as _module_paths, tensor_dtype_name, to_numpy
+from parity.errors import ParityError
+from parity.probemap import load_probe_map
+from parity.families.opensora_v13.config import FAMILY, OpenSoraConfig
+from parity.families.opensora_v13.inputs import normalize_inputs
+from parity.families.opensora_v13.probes import SPARSE_NS, block_probe, sparse_mask_probe
+from parity.families.opensora_v13.shapes import patch_grid
+
+_CONTEXT: dict[str, str] = {}
+_CAST_INPUTS = ("encoder_hidden_states",)
+
+
+def setup_context(device: str = "CPU") -> None:
+    """MindSpore context, once per process: device, PyNative (hooks need it), deterministic kernels, seed 0.
+
+    On CPU, kernels are launched synchronously (``launch_blocking``): errors surface at the failing op instead
+    of at a later ``.asnumpy()``, and small-op models run 10-20x faster on a loaded 2-core machine than with the
+    asynchronous launch pipeline.
+    """
+    dev = normalize_device(device)
+    if _CONTEXT.get("device") == dev:
+        return
+    if _CONTEXT and _CONTEXT["device"] != dev:
+        raise ParityError(f"MindSpore is already set up for {_CONTEXT['device']} in this process; "
+                          f"cannot switch to {dev}")
+    ms.set_device(dev)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_deterministic(True)
+    ms.set_seed(0)
+    if dev == "CPU":
+        ms.runtime.launch_blocking()
+    _CONTEXT["device"] = dev
+
+
+def versions() -> dict:
+    """Library versions of the subject side, recorded in reports."""
+    return {"mindspore": ms.__version__}
+
+
+def precision_label(precision: str, device: str) -> str:
+    """What ``precision`` runs as on ``device``: "bf16" on CPU/GPU is "bf16-emulated" (see ms_impl.precision)."""
+    return _precision_label(precision, device)
+
+
+def _config(config: Mapping | OpenSoraConfig) -> OpenSoraConfig:
+    return config if isinstance(config, OpenSoraConfig) else OpenSoraConfig.from_dict(config)
+
+
+def build_model(config: dict, weights: dict[str, np.ndarray], precision: str, device: str = "CPU",
+                attention_backend: str | None = None) -> OpenSoraT2V_v1_3:
+    """The MindSpore model for ``config`` with exactly ``weights`` (torch ``state_dict`` names) loaded, in eval
+    mode at ``precision`` on ``device``. Weight problems are one ParityError listing every bad key."""
+    setup_context(device)
+    cfg = _config(config)
+    label = precision_label(precision, device)
+    ms_weights = convert_torch_to_ms(weights, cfg)
+    with no_init_parameters():
+        model = OpenSoraT2V_v1_3(cfg)
+    load_into(model, ms_weights)
+    set_precision(model, label, device)
+    # explicit argument, else the seam's process-wide setting, else the device default; kept per model
+    backend = (attention_backend or attention_seam.get_backend()
+               or attention_seam.default_backend(normalize_device(device), precision))
+    set_attention_backend(model, backend)
+    model.attention_backend = backend
+    model.set_train(False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# inputs, forward, capture
+# ---------------------------------------------------------------------------------------------------------
+def _model_inputs(model: OpenSoraT2V_v1_3, inputs: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+    """MindSpore tensors for ``model(**tensors)`` and the dtype names torch would report for them."""
+    arrays = normalize_inputs(inputs, model.config)
+    nx = model.numerics
+    tensors, names = {}, {}
+    for name, arr in arrays.items():
+        arr = np.ascontiguousarray(arr)
+        if name in _CAST_INPUTS:
+            t = nx(ms.Tensor(arr.astype(np.float32)).astype(nx.dtype))
+            names[name] = nx.logical
+        else:
+            t = ms.Tensor(arr)
+            names[name] = str(arr.dtype)
+        tensors[name] = t
+    return tensors, names
+
+
+def _dtype_namer(model: OpenSoraT2V_v1_3, known: Mapping[int, str] | None = None) -> Callable[[Any], str]:
+    nx = model.numerics
+    known = dict(known or {})
+
+    def name(value: Any) -> str:
+        if id(value) in known:
+            return known[id(value)]
+        if isinstance(value, ms.Tensor) and value.dtype == nx.dtype:
+            return nx.logical
+        return tensor_dtype_name(value)
+    return name
+
+
+def forward(model: OpenSoraT2V_v1_3, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """One forward pass; the output (B, C, T, H, W) as float32 numpy."""
+    tensors, _ = _model_inputs(model, inputs)
+    (output,) = model(**tensors)
+    return to_numpy(output)
+
+
+def capture(model: OpenSoraT2V_v1_3, inputs: dict[str, np.ndarray], specs: list,
+            on_probe: Callable[[str, np.ndarray, str], None]) -> np.ndarray:
+    """``forward`` with every probe of ``specs`` reported to ``on_probe(name, array, dtype_name)``."""
+    tensors, names = _model_inputs(model, inputs)
+    namer = _dtype_namer(model, {id(tensors[k]): v for k, v in names.items()})
+    with MsCapture(model, specs, on_probe, dtype_name=namer):
+        (output,) = model(**tensors)
+    return to_numpy(output)
+
+
+def module_paths(model: OpenSoraT2V_v1_3) -> set[str]:
+    return _module_paths(model)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# teacher forcing
+# ---------------------------------------------------------------------------------------------------------
+def run_isolated(model: OpenSoraT2V_v1_3, config: dict, reference: Callable[[str], np.ndarray],
+                 inputs: dict[str, np.ndarray], specs: list,
+                 on_probe: Callable[[str, np.ndarray, str], None]) -> None:
+    """Teacher forcing: every block runs on the *reference's* input to it, conditioning and masks.
+
+    Block i gets ``hidden_states_before_block`` (i = 0) or ``hidden_states_{i-1}_block`` from the reference, plus
+    the reference's ``encoder_hidden_states_/timestep_operate_on_patched_inputs`` and Skiparse masks
+    ``*_sparse_{n}_{g}``, each converted to the MindSpore layout with its probe's adapter (``from_reference``);
+    its output is reported as ``hidden_states_{i}_block``. The output head gets the reference's last block
+    output and ``embedded_timestep_operate_on_patched_inputs`` (-> ``hidden_states_output``). Inputs, masks and
+    embeddings are the model's own pieces on the reference's inputs: a normal capture reports them.
+    """
+    cfg = _config(config)
+    nx = model.numerics
+    # adapters by probe name: the family's probe map, overridden by the specs given
+    by_name = {s.name: s for s in load_probe_map(FAMILY).probes(cfg.num_layers)}
+    by_name.update({s.name: s for s in specs})
+    params = {"num_heads": cfg.num_attention_heads}
+
+    plain = [s for s in specs if s.probe_class not in ("block", "output")]
+    if plain:
+        capture(model, inputs, plain, on_probe)
+
+    def ref(name: str) -> ms.Tensor:
+        try:
+            arr = np.asarray(reference(name), dtype=np.float32)
+        except KeyError:
+            raise ParityError(f"teacher forcing needs the reference probe {name!r}, which the reference dump does "
+                              f"not have; dump the reference with all probes") from None
+        adapter = by_name[name].ms_adapter if name in by_name else "identity"
+        arr = np.ascontiguousarray(get_adapter(adapter).from_reference(arr, **params), dtype=np.float32)
+        return nx(ms.Tensor(arr).astype(nx.dtype))
+
+    block_specs = [s for s in specs if s.probe_class == "block"]
+    wants_output = any(s.probe_class == "output" for s in specs)
+    if not block_specs and not wants_output:
+        return
+
+    arrays = normalize_inputs(inputs, cfg)
+    _, _, t, h, w = arrays["hidden_states"].shape
+    frame, height, width = patch_grid(t, h, w, cfg.patch_size, cfg.patch_size_t)
+    encoder_hidden_states = ref("encoder_hidden_states_operate_on_patched_inputs")
+    timestep = ref("timestep_operate_on_patched_inputs")
+    masks = {}
+    for n in SPARSE_NS:
+        masks[n] = {}
+        for group in (False, True):
+            video = sparse_mask_probe("attention_mask", n, group)
+            text = sparse_mask_probe("encoder_attention_mask", n, group)
+            masks[n][group] = (ref(video), ref(text))
+    dtype = nx.logical
+    for spec in block_specs:
+        i = spec.block
+        source = "hidden_states_before_block" if i == 0 else block_probe(i - 1)
+        hidden = ref(source)
+        out = model.run_blocks(hidden, encoder_hidden_states, timestep, masks, frame, height, width, i, i + 1)
+        on_probe(spec.name, to_numpy(out), dtype)
+    if wants_output:
+        last = block_probe(cfg.num_layers - 1) if cfg.num_layers else "hidden_states_before_block"
+        hidden = ref(last)
+        embedded = ref("embedded_timestep_operate_on_patched_inputs")
+        out = model.output_head(hidden, embedded, frame, height, width)
+        on_probe("hidden_states_output", to_numpy(out), dtype)
+
+
+__all__ = ["build_model", "precision_label", "forward", "capture", "module_paths", "run_isolated", "setup_context",
+           "versions", "convert_torch_to_ms", "convert_ms_to_torch"]

@@ -1,0 +1,683 @@
+"""Open-Sora-Plan v1.3 ``OpenSoraT2V_v1_3`` in MindSpore 2.x (PyNative), module for module the upstream model.
+
+Classes, attributes, methods and parameter names are upstream's (``opensora/models/diffusion/opensora_v1_3`` plus
+the diffusers 0.30.2 building blocks it uses), so ``parameters_and_names()`` equals torch's ``state_dict()`` keys
+and upstream checkpoints load by name. The file reads top to bottom like upstream: building blocks, RoPE,
+attention, the transformer block, the model. Configuration is ``OpenSoraConfig.from_dict`` of the upstream
+``config.json``.
+
+Deliberate layout choices of this port (the probe map's ``ms_adapter`` entries translate them):
+
+* hidden states between blocks are **batch-first** ``(B, S, D)`` (upstream: sequence-first ``(S, B, D)``); text
+  is ``(B, L, D)``; blocks take the timestep modulation as ``(B, 6·D)`` and view it as ``(B, 6, D)``; Skiparse
+  regrouping is the same permutation expressed batch-first (sub-batch order stays k-major: index ``k·B + b``);
+* ``Attention.prepare_sparse_mask`` returns the additive biases **without** repeating them over heads:
+  ``(n·B, 1, 1, len)``; they broadcast over heads and queries in the attention seam.
+
+Everything else keeps upstream's layout. Attention itself runs through ``ms_impl.attention.attention`` (the seam
+choosing portable / Ascend flash-attention / emulated kernels).
+
+Numerics: ``numerics(x)`` (see ``ms_impl.precision``) marks every point where PyTorch's model materialises a
+tensor in the activation dtype; it is the identity for fp32/fp16 and rounds to bf16 under ``bf16-emulated``.
+Constant tables are computed on the host in numpy (MindSpore's CPU fp32 ``exp`` is ~5e-6 relative off, which
+would put ~1e-3 into the timestep sinusoid at t=999): the timestep frequencies and RoPE inverse frequencies
+follow upstream's float32 operation chain step by step with exactly rounded fp32 ops (``timestep_frequencies``,
+``rope_inv_freq``: bit-identical to torch's tables except where torch's own fp32 ``exp`` is one ULP off (2 of the
+128 timestep frequencies), whereas one float64 evaluation rounded to fp32 differs from torch in 85 of 128), and RoPE
+angles come from integer positions (fp32 angle, rounded to the activation dtype as upstream does, then cos/sin
+in float64 rounded once). LayerNorm statistics are computed in float32 for every dtype (like torch on CPU).
+
+Seams that ``ms_impl.mutants`` swap on a built model (there are no test flags in this file): the FFN's
+``GELU.approximate``, ``LayerNorm.eps``, ``OpenSoraAttnProcessor.rope`` (``RoPE3D.rotate_half``/``get_cos_sin``),
+the processor's ``sparse_group``, ``Timesteps.flip_sin_to_cos`` and ``Attention.processor``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, Uniform, initializer
+
+from ms_impl import attention as attention_seam
+from ms_impl.precision import FP32, Numerics, numerics_for
+from parity.errors import ParityError
+from parity.families.opensora_v13.config import FIRST_DENSE_TAIL_BLOCK, FIRST_SPARSE_BLOCK, OpenSoraConfig
+from parity.families.opensora_v13.probes import SPARSE_NS
+from parity.families.opensora_v13.shapes import rope_positions
+from parity.families.opensora_v13.tables import rope_inv_freq, timestep_frequencies
+
+MASK_BIAS = -10000.0        # additive bias of a masked video patch / text token
+SPARSE_PAD_BIAS = -9980.0   # additive bias of a Skiparse padding token
+
+
+class Cell(nn.Cell):
+    """Base of every cell here: ``numerics`` is the model-wide precision (set by ``set_precision``)."""
+
+    numerics: Numerics = FP32
+
+
+def modulate(x, shift, scale, r):
+    """``x * (1 + scale) + shift`` with each step materialised like torch does (adaLN-single modulation)."""
+    return r(r(x * r(1 + scale)) + shift)
+
+
+def gelu(x, approximate: str):
+    return ops.gelu(x, approximate=approximate)
+
+
+# ================================================================================================================
+# diffusers building blocks
+# ================================================================================================================
+class Linear(Cell):
+    """torch ``nn.Linear``: weight (out, in), bias (out); default init U(±1/sqrt(in))."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(initializer(Uniform(bound), (out_features, in_features), ms.float32))
+        self.bias = Parameter(initializer(Uniform(bound), (out_features,), ms.float32)) if bias else None
+
+    def construct(self, x):
+        return self.numerics(ops.dense(x, self.weight, self.bias))
+
+
+class LayerNorm(Cell):
+    """torch ``nn.LayerNorm(dim, eps, elementwise_affine=False)``: no parameters, float32 statistics."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = False):
+        super().__init__()
+        if elementwise_affine:
+            raise ParityError("LayerNorm: elementwise_affine=True is not part of OpenSoraT2V v1.3")
+        self.dim, self.eps = dim, eps
+
+    def construct(self, x):
+        ones = ops.ones((self.dim,), ms.float32)
+        zeros = ops.zeros((self.dim,), ms.float32)
+        layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=self.eps)
+        y = layer_norm(x.astype(ms.float32), ones, zeros)[0]
+        return self.numerics(y.astype(x.dtype))
+
+
+class GELU(Cell):
+    """diffusers ``GELU``: ``proj`` Linear then GELU (``approximate`` "tanh" for ``gelu-approximate``)."""
+
+    def __init__(self, dim_in: int, dim_out: int, approximate: str = "none", bias: bool = True):
+        super().__init__()
+        self.proj = Linear(dim_in, dim_out, bias=bias)
+        self.approximate = approximate
+
+    def construct(self, hidden_states):
+        return self.numerics(gelu(self.proj(hidden_states), self.approximate))
+
+
+class FeedForward(Cell):
+    """diffusers ``FeedForward`` for ``activation_fn="gelu-approximate"``: net = [GELU(proj), Dropout, Linear]."""
+
+    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4, dropout: float = 0.0,
+                 activation_fn: str = "gelu-approximate", final_dropout: bool = False, inner_dim: int | None = None,
+                 bias: bool = True):
+        super().__init__()
+        if activation_fn != "gelu-approximate":
+            raise ParityError(f"FeedForward: activation_fn {activation_fn!r} is not used by OpenSoraT2V v1.3")
+        inner_dim = inner_dim or int(dim * mult)
+        dim_out = dim_out or dim
+        layers = [GELU(dim, inner_dim, approximate="tanh", bias=bias), nn.Dropout(p=dropout),
+                  Linear(inner_dim, dim_out, bias=bias)]
+        if final_dropout:
+            layers.append(nn.Dropout(p=dropout))
+        self.net = nn.CellList(layers)
+
+    def construct(self, hidden_states):
+        for module in self.net:
+            hidden_states = module(hidden_states)
+        return hidden_states
+
+
+class Timesteps(Cell):
+    """diffusers ``Timesteps``: sinusoid of float32 timesteps; ``flip_sin_to_cos`` puts cos first."""
+
+    def __init__(self, num_channels: int, flip_sin_to_cos: bool, downscale_freq_shift: float, scale: float = 1.0):
+        super().__init__()
+        self.num_channels = num_channels
+        self.flip_sin_to_cos = flip_sin_to_cos
+        self.downscale_freq_shift = downscale_freq_shift
+        self.scale = scale
+
+    def construct(self, timesteps):
+        freqs = Tensor(timestep_frequencies(self.num_channels // 2, self.downscale_freq_shift))
+        emb = timesteps.astype(ms.float32)[:, None] * freqs[None, :]
+        if self.scale != 1.0:
+            emb = self.scale * emb
+        emb = ops.cat((ops.sin(emb), ops.cos(emb)), -1)
+        if self.flip_sin_to_cos:
+            half = self.num_channels // 2
+            emb = ops.cat((emb[:, half:], emb[:, :half]), -1)
+        return emb
+
+
+class TimestepEmbedding(Cell):
+    """diffusers ``TimestepEmbedding``: linear_1 -> SiLU -> linear_2."""
+
+    def __init__(self, in_channels: int, time_embed_dim: int):
+        super().__init__()
+        self.linear_1 = Linear(in_channels, time_embed_dim)
+        self.linear_2 = Linear(time_embed_dim, time_embed_dim)
+
+    def construct(self, sample):
+        return self.linear_2(self.numerics(ops.silu(self.linear_1(sample))))
+
+
+class PixArtAlphaCombinedTimestepSizeEmbeddings(Cell):
+    """diffusers class of the same name with ``use_additional_conditions=False`` (timestep only)."""
+
+    def __init__(self, embedding_dim: int):
+        super().__init__()
+        self.time_proj = Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.timestep_embedder = TimestepEmbedding(in_channels=256, time_embed_dim=embedding_dim)
+
+    def construct(self, timestep, batch_size=None, hidden_dtype=None):
+        timesteps_proj = self.time_proj(timestep)
+        return self.timestep_embedder(self.numerics(timesteps_proj.astype(hidden_dtype or self.numerics.dtype)))
+
+
+class AdaLayerNormSingle(Cell):
+    """diffusers ``AdaLayerNormSingle`` (PixArt-α adaLN-single): (``linear(SiLU(emb))`` (B, 6D), emb (B, D))."""
+
+    def __init__(self, embedding_dim: int):
+        super().__init__()
+        self.emb = PixArtAlphaCombinedTimestepSizeEmbeddings(embedding_dim)
+        self.linear = Linear(embedding_dim, 6 * embedding_dim, bias=True)
+
+    def construct(self, timestep, added_cond_kwargs=None, batch_size=None, hidden_dtype=None):
+        embedded_timestep = self.emb(timestep, batch_size=batch_size, hidden_dtype=hidden_dtype)
+        return self.linear(self.numerics(ops.silu(embedded_timestep))), embedded_timestep
+
+
+class PixArtAlphaTextProjection(Cell):
+    """diffusers ``PixArtAlphaTextProjection``: linear_1 -> GELU(tanh) -> linear_2."""
+
+    def __init__(self, in_features: int, hidden_size: int, out_features: int | None = None):
+        super().__init__()
+        self.linear_1 = Linear(in_features, hidden_size, bias=True)
+        self.linear_2 = Linear(hidden_size, out_features or hidden_size, bias=True)
+
+    def construct(self, caption):
+        return self.linear_2(self.numerics(gelu(self.linear_1(caption), "tanh")))
+
+
+# ================================================================================================================
+# opensora/models/diffusion/common.py
+# ================================================================================================================
+class PatchEmbed2D(Cell):
+    """Per-frame Conv2d patch embedding: (B, C, T, H, W) -> (B, T·H'·W', D), tokens t-major then h, w."""
+
+    def __init__(self, patch_size: int = 16, in_channels: int = 3, embed_dim: int = 768, bias: bool = True):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_channels * patch_size * patch_size)
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size, pad_mode="valid",
+                              has_bias=bias, weight_init=Uniform(bound), bias_init=Uniform(bound))
+
+    def construct(self, latent):
+        b, c, t, h, w = latent.shape
+        latent = latent.transpose(0, 2, 1, 3, 4).reshape(b * t, c, h, w)          # b c t h w -> (b t) c h w
+        latent = self.numerics(self.proj(latent))
+        _, d, hp, wp = latent.shape
+        return latent.reshape(b, t, d, hp, wp).transpose(0, 1, 3, 4, 2).reshape(b, t * hp * wp, d)
+
+
+class PositionGetter3D:
+    """Integer (t, h, w) grid positions of the tokens, t-major (``torch.cartesian_prod`` order), cached per grid."""
+
+    def __init__(self):
+        self.cache_positions = {}
+
+    def __call__(self, b, t, h, w):
+        if (t, h, w) not in self.cache_positions:
+            pos = rope_positions(t, h, w)  # (S, 3) int
+            poses = (pos[:, 0], pos[:, 1], pos[:, 2])
+            self.cache_positions[t, h, w] = (poses, (t - 1, h - 1, w - 1))
+        return self.cache_positions[t, h, w]
+
+
+class RoPE3D:
+    """3D rotary embedding: head_dim split in thirds [t | h | w], rotate-half pairing inside each third.
+
+    Tables are built on the host from integer positions: angle = fp32(pos / scale) · fp32 inv_freq (an fp32
+    product, as torch's einsum gives), rounded to the activation dtype like upstream's ``.to(dtype)``, then cos/sin
+    in float64 rounded once to the activation dtype. Cached per (D, seq_len, dtype) as upstream caches them
+    (upstream's key ignores the interpolation scale; with the released scales of 1.0 that never matters).
+    """
+
+    def __init__(self, freq: float = 10000.0, F0: float = 1.0, interpolation_scale_thw=(1, 1, 1)):
+        self.base = freq
+        self.F0 = F0
+        self.interpolation_scale_t, self.interpolation_scale_h, self.interpolation_scale_w = interpolation_scale_thw
+        self.cache = {}
+
+    def get_cos_sin(self, D, seq_len, numerics, interpolation_scale=1):
+        key = (D, seq_len, numerics.logical)
+        if key not in self.cache:
+            inv_freq = rope_inv_freq(D, self.base)                                         # fp32 (D/2,)
+            t = (np.arange(seq_len, dtype=np.float32) / np.float32(interpolation_scale)).astype(np.float32)
+            freqs = numerics.table(np.outer(t, inv_freq).astype(np.float32))               # angle in act dtype
+            freqs = np.concatenate((freqs, freqs), axis=-1).astype(np.float64)
+            self.cache[key] = (numerics.table(np.cos(freqs)), numerics.table(np.sin(freqs)))
+        return self.cache[key]
+
+    @staticmethod
+    def rotate_half(x):
+        half = x.shape[-1] // 2
+        return ops.cat((-x[..., half:], x[..., :half]), -1)
+
+    def apply_rope1d(self, tokens, pos1d, cos, sin, numerics):
+        """tokens (B, S, N, D3); pos1d (S,) int; cos/sin tables (L, D3) -> rows gathered per token."""
+        dtype = numerics.dtype
+        cos = Tensor(cos[pos1d][None, :, None, :]).astype(dtype)
+        sin = Tensor(sin[pos1d][None, :, None, :]).astype(dtype)
+        r = numerics
+        return r(r(tokens * cos) + r(self.rotate_half(tokens) * sin))
+
+    def __call__(self, tokens, positions, numerics=FP32):
+        """tokens (B, S, N, d) batch-first (upstream: (S, B, N, d)); positions from ``PositionGetter3D``."""
+        if tokens.shape[3] % 3 != 0:
+            raise ParityError("RoPE3D: number of dimensions should be a multiple of three")
+        D = tokens.shape[3] // 3
+        poses, max_poses = positions
+        cos_t, sin_t = self.get_cos_sin(D, max_poses[0] + 1, numerics, self.interpolation_scale_t)
+        cos_y, sin_y = self.get_cos_sin(D, max_poses[1] + 1, numerics, self.interpolation_scale_h)
+        cos_x, sin_x = self.get_cos_sin(D, max_poses[2] + 1, numerics, self.interpolation_scale_w)
+        t, y, x = ops.chunk(tokens, 3, axis=-1)
+        t = self.apply_rope1d(t, poses[0], cos_t, sin_t, numerics)
+        y = self.apply_rope1d(y, poses[1], cos_y, sin_y, numerics)
+        x = self.apply_rope1d(x, poses[2], cos_x, sin_x, numerics)
+        return ops.cat((t, y, x), -1)
+
+
+# ================================================================================================================
+# opensora/models/diffusion/opensora_v1_3/modules.py
+# ================================================================================================================
+class Attention(Cell):
+    """diffusers ``Attention`` as used by v1.3 (to_q/to_k/to_v, to_out = [Linear, Dropout]) with the v1.3 processor."""
+
+    def __init__(self, interpolation_scale_thw, sparse1d, sparse_n, sparse_group, is_cross_attn, *, query_dim: int,
+                 heads: int = 8, dim_head: int = 64, dropout: float = 0.0, bias: bool = False,
+                 cross_attention_dim: int | None = None, upcast_attention: bool = False, out_bias: bool = True):
+        super().__init__()
+        self.inner_dim = dim_head * heads
+        self.query_dim = query_dim
+        self.cross_attention_dim = cross_attention_dim if cross_attention_dim is not None else query_dim
+        self.heads = heads
+        self.scale = dim_head ** -0.5
+        self.rescale_output_factor = 1.0
+        self.upcast_attention = upcast_attention
+        self.attention_backend = None   # None: the attention seam's module-level setting (set_attention_backend)
+        self.to_q = Linear(query_dim, self.inner_dim, bias=bias)
+        self.to_k = Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
+        self.to_v = Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
+        self.to_out = nn.CellList([Linear(self.inner_dim, query_dim, bias=out_bias), nn.Dropout(p=dropout)])
+        self.processor = OpenSoraAttnProcessor(interpolation_scale_thw=interpolation_scale_thw, sparse1d=sparse1d,
+                                               sparse_n=sparse_n, sparse_group=sparse_group,
+                                               is_cross_attn=is_cross_attn)
+
+    def construct(self, hidden_states, encoder_hidden_states=None, attention_mask=None, frame=8, height=16,
+                  width=16):
+        return self.processor(self, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                              attention_mask=attention_mask, frame=frame, height=height, width=width)
+
+    @staticmethod
+    def prepare_sparse_mask(attention_mask, encoder_attention_mask, sparse_n, head_num, pad_value=SPARSE_PAD_BIAS):
+        """Skiparse biases for ratio ``sparse_n``: ``{False: (video, text), True: (video_group, text)}``.
+
+        video (B, 1, S) is padded to a multiple of n² with ``pad_value`` (-9980 as the activation dtype holds it)
+        and regrouped single-skip ``b 1 1 (g k) -> (k b) 1 1 g`` or group-skip ``b 1 1 (n m k) -> (m b) 1 1 (n k)``;
+        text (B, 1, L) is tiled k-major to (n·B, 1, 1, L). Unlike upstream, nothing is repeated over heads
+        (``head_num`` is accepted for the upstream signature): all masks are (n·B, 1, 1, len).
+        """
+        attention_mask = attention_mask[:, None]                      # (B, 1, 1, S)
+        encoder_attention_mask = encoder_attention_mask[:, None]      # (B, 1, 1, L)
+        b, l = attention_mask.shape[0], attention_mask.shape[-1]
+        block = sparse_n * sparse_n
+        pad_len = 0 if l % block == 0 else block - l % block
+        attention_mask_sparse = attention_mask
+        if pad_len:
+            attention_mask_sparse = ops.pad(attention_mask, (0, pad_len), value=float(pad_value))
+        g = (l + pad_len) // sparse_n
+        attention_mask_sparse_1d = (attention_mask_sparse.reshape(b, g, sparse_n).transpose(2, 0, 1)
+                                    .reshape(sparse_n * b, 1, 1, g))
+        n_outer = (l + pad_len) // block
+        attention_mask_sparse_1d_group = (attention_mask_sparse.reshape(b, n_outer, sparse_n, sparse_n)
+                                          .transpose(2, 0, 1, 3).reshape(sparse_n * b, 1, 1, g))
+        encoder_attention_mask_sparse = encoder_attention_mask.tile((sparse_n, 1, 1, 1))
+        return {
+            False: (attention_mask_sparse_1d, encoder_attention_mask_sparse),
+            True: (attention_mask_sparse_1d_group, encoder_attention_mask_sparse),
+        }
+
+
+class OpenSoraAttnProcessor:
+    """v1.3 attention processor (upstream ``OpenSoraAttnProcessor2_0``): RoPE (self-attn), Skiparse, attention.
+
+    Tensors are batch-first: x (B, S, D). Skiparse single-skip puts token i in sub-batch i % k, group-skip in
+    sub-batch (i // k) % k; sub-batches are stacked k-major (index k·B + b) like upstream's ``(k b)``.
+    """
+
+    def __init__(self, interpolation_scale_thw=(1, 1, 1), sparse1d=False, sparse_n=2, sparse_group=False,
+                 is_cross_attn=True):
+        self.sparse1d = sparse1d
+        self.sparse_n = sparse_n
+        self.sparse_group = sparse_group
+        self.is_cross_attn = is_cross_attn
+        self.interpolation_scale_thw = interpolation_scale_thw
+        self._init_rope(interpolation_scale_thw)
+
+    def _init_rope(self, interpolation_scale_thw):
+        self.rope = RoPE3D(interpolation_scale_thw=interpolation_scale_thw)
+        self.position_getter = PositionGetter3D()
+
+    def _sparse_1d(self, x, frame, height, width):
+        """(B, S, D) -> (k·B, S_pad/k, D), zero-padding S to a multiple of k²."""
+        b, l, d = x.shape
+        if l != frame * height * width:
+            raise ParityError(f"Skiparse: sequence length {l} != frame*height*width = {frame * height * width}")
+        k = self.sparse_n
+        pad_len = 0 if l % (k * k) == 0 else k * k - l % (k * k)
+        if pad_len:
+            x = ops.pad(x, (0, 0, 0, pad_len))
+        s = l + pad_len
+        if not self.sparse_group:   # (g k) b d -> g (k b) d
+            x = x.reshape(b, s // k, k, d).transpose(2, 0, 1, 3).reshape(k * b, s // k, d)
+        else:                       # (n m k) b d -> (n k) (m b) d
+            x = x.reshape(b, s // (k * k), k, k, d).transpose(2, 0, 1, 3, 4).reshape(k * b, s // k, d)
+        return x, pad_len
+
+    def _reverse_sparse_1d(self, x, frame, height, width, pad_len):
+        """(k·B, S_pad/k, D) -> (B, S, D)."""
+        k = self.sparse_n
+        kb, g, d = x.shape
+        b, s = kb // k, g * k
+        if s != frame * height * width + pad_len:
+            raise ParityError("Skiparse: regrouped length does not match frame*height*width + padding")
+        if not self.sparse_group:   # g (k b) d -> (g k) b d
+            x = x.reshape(k, b, g, d).transpose(1, 2, 0, 3).reshape(b, s, d)
+        else:                       # (n k) (m b) d -> (n m k) b d
+            x = x.reshape(k, b, s // (k * k), k, d).transpose(1, 2, 0, 3, 4).reshape(b, s, d)
+        return x[:, :frame * height * width]
+
+    def _sparse_1d_kv(self, x):
+        """Text keys/values tiled to every sub-batch: (B, L, D) -> (k·B, L, D)."""
+        return x.tile((self.sparse_n, 1, 1))
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 frame=8, height=16, width=16):
+        r = attn.numerics
+        batch_size = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        if not self.is_cross_attn:
+            pos_thw = self.position_getter(batch_size, t=frame, h=height, w=width)
+            query = self.rope(query.reshape(batch_size, -1, attn.heads, head_dim), pos_thw, r)
+            key = self.rope(key.reshape(batch_size, -1, attn.heads, head_dim), pos_thw, r)
+            query = query.reshape(batch_size, -1, inner_dim)
+            key = key.reshape(batch_size, -1, inner_dim)
+
+        if self.sparse1d:
+            query, pad_len = self._sparse_1d(query, frame, height, width)
+            if self.is_cross_attn:
+                key = self._sparse_1d_kv(key)
+                value = self._sparse_1d_kv(value)
+            else:
+                key, pad_len = self._sparse_1d(key, frame, height, width)
+                value, pad_len = self._sparse_1d(value, frame, height, width)
+
+        hidden_states = r(attention_seam.attention(query, key, value, attention_mask, heads=attn.heads,
+                                                   scale=attn.scale, backend=attn.attention_backend,
+                                                   kernel_dtype=r.kernel_dtype))
+
+        if self.sparse1d:
+            hidden_states = self._reverse_sparse_1d(hidden_states, frame, height, width, pad_len)
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if attn.rescale_output_factor != 1.0:
+            hidden_states = r(hidden_states / attn.rescale_output_factor)
+        return hidden_states
+
+
+class BasicTransformerBlock(Cell):
+    """v1.3 block: adaLN-single self-attn (RoPE, Skiparse), un-normalised cross-attn, adaLN-single FFN.
+
+    ``hidden_states`` (B, S, D), ``timestep`` (B, 6·D) from ``adaln_single``; masks (n·B, 1, 1, len).
+    """
+
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, dropout=0.0,
+                 cross_attention_dim: int | None = None, activation_fn: str = "geglu", attention_bias: bool = False,
+                 only_cross_attention: bool = False, double_self_attention: bool = False,
+                 upcast_attention: bool = False, norm_elementwise_affine: bool = True, norm_eps: float = 1e-5,
+                 final_dropout: bool = False, ff_inner_dim: int | None = None, ff_bias: bool = True,
+                 attention_out_bias: bool = True, interpolation_scale_thw=(1, 1, 1), sparse1d: bool = False,
+                 sparse_n: int = 2, sparse_group: bool = False):
+        super().__init__()
+        # 1. Self-Attn
+        self.norm1 = LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
+        self.attn1 = Attention(interpolation_scale_thw, sparse1d, sparse_n, sparse_group, False, query_dim=dim,
+                               heads=num_attention_heads, dim_head=attention_head_dim, dropout=dropout,
+                               bias=attention_bias,
+                               cross_attention_dim=cross_attention_dim if only_cross_attention else None,
+                               upcast_attention=upcast_attention, out_bias=attention_out_bias)
+        # 2. Cross-Attn (no norm, no modulation, no gate); norm2 belongs to the FFN
+        self.norm2 = LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
+        self.attn2 = Attention(interpolation_scale_thw, sparse1d, sparse_n, sparse_group, True, query_dim=dim,
+                               cross_attention_dim=cross_attention_dim if not double_self_attention else None,
+                               heads=num_attention_heads, dim_head=attention_head_dim, dropout=dropout,
+                               bias=attention_bias, upcast_attention=upcast_attention, out_bias=attention_out_bias)
+        # 3. Feed-forward
+        self.ff = FeedForward(dim, dropout=dropout, activation_fn=activation_fn, final_dropout=final_dropout,
+                              inner_dim=ff_inner_dim, bias=ff_bias)
+        # 4. Scale-shift
+        self.scale_shift_table = Parameter(initializer(Normal(sigma=dim ** -0.5), (6, dim), ms.float32))
+
+    def construct(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                  timestep=None, frame=None, height=None, width=None):
+        r = self.numerics
+        batch_size = hidden_states.shape[0]
+        modulation = r(self.scale_shift_table[None] + timestep.reshape(batch_size, 6, -1))   # (B, 6, D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(modulation, 6, axis=1)
+
+        # 0. Self-Attention
+        norm_hidden_states = modulate(self.norm1(hidden_states), shift_msa, scale_msa, r)
+        attn_output = self.attn1(norm_hidden_states, encoder_hidden_states=None, attention_mask=attention_mask,
+                                 frame=frame, height=height, width=width)
+        hidden_states = r(r(gate_msa * attn_output) + hidden_states)
+
+        # 3. Cross-Attention
+        attn_output = self.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                 attention_mask=encoder_attention_mask, frame=frame, height=height, width=width)
+        hidden_states = r(attn_output + hidden_states)
+
+        # 4. Feed-forward
+        norm_hidden_states = modulate(self.norm2(hidden_states), shift_mlp, scale_mlp, r)
+        ff_output = self.ff(norm_hidden_states)
+        return r(r(gate_mlp * ff_output) + hidden_states)
+
+
+# ================================================================================================================
+# opensora/models/diffusion/opensora_v1_3/modeling_opensora.py
+# ================================================================================================================
+class OpenSoraT2V_v1_3(Cell):
+    """The v1.3 text-to-video DiT. ``construct`` returns ``(output,)`` like upstream's ``return_dict=False``."""
+
+    def __init__(self, config: OpenSoraConfig | Mapping):
+        super().__init__()
+        if not isinstance(config, OpenSoraConfig):
+            config = OpenSoraConfig.from_dict(config)
+        self.config = config
+        self.out_channels = config.output_channels
+        self._init_patched_inputs()
+        self.set_train(False)
+
+    def _init_patched_inputs(self):
+        c = self.config
+        interpolation_scale_thw = (c.interpolation_scale_t, c.interpolation_scale_h, c.interpolation_scale_w)
+        self.caption_projection = PixArtAlphaTextProjection(in_features=c.caption_channels, hidden_size=c.hidden_size)
+        self.pos_embed = PatchEmbed2D(patch_size=c.patch_size, in_channels=c.in_channels, embed_dim=c.hidden_size)
+        self.transformer_blocks = nn.CellList([
+            BasicTransformerBlock(
+                c.hidden_size, c.num_attention_heads, c.attention_head_dim, dropout=c.dropout,
+                cross_attention_dim=c.cross_attention_dim, activation_fn=c.activation_fn,
+                attention_bias=c.attention_bias, only_cross_attention=c.only_cross_attention,
+                double_self_attention=c.double_self_attention, upcast_attention=c.upcast_attention,
+                norm_elementwise_affine=c.norm_elementwise_affine, norm_eps=c.norm_eps,
+                interpolation_scale_thw=interpolation_scale_thw,
+                sparse1d=c.sparse1d if FIRST_SPARSE_BLOCK <= i < FIRST_DENSE_TAIL_BLOCK else False,
+                sparse_n=c.sparse_n, sparse_group=i % 2 == 1)
+            for i in range(c.num_layers)
+        ])
+        self.norm_out = LayerNorm(c.hidden_size, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_table = Parameter(initializer(Normal(sigma=c.hidden_size ** -0.5), (2, c.hidden_size),
+                                                       ms.float32))
+        self.proj_out = Linear(c.hidden_size, c.patch_out_features)
+        self.adaln_single = AdaLayerNormSingle(c.hidden_size)
+
+    @property
+    def dtype(self):
+        """Activation dtype MindSpore computes in (float32 under bf16 emulation)."""
+        return self.numerics.dtype
+
+    def set_precision(self, precision: str, device: str = "CPU") -> "OpenSoraT2V_v1_3":
+        set_precision(self, precision, device)
+        return self
+
+    # ---- forward -----------------------------------------------------------------------------------------------
+    def construct(self, hidden_states, timestep, encoder_hidden_states, attention_mask, encoder_attention_mask):
+        r = self.numerics
+        c = self.config
+        batch_size, _, frame, _, _ = hidden_states.shape
+        if attention_mask is None or attention_mask.ndim != 4:
+            raise ParityError("OpenSoraT2V_v1_3: attention_mask must be given as (B, T, H, W) with 1 = valid latent "
+                              "pixel (upstream crashes without it)")
+        if encoder_attention_mask is None or encoder_attention_mask.ndim != 3:
+            raise ParityError("OpenSoraT2V_v1_3: encoder_attention_mask must be (B, 1, L) with 0/1 (upstream passes a "
+                              "2-D mask through unconverted)")
+        # masks -> additive biases in the activation dtype: (B, 1, T'H'W') and (B, 1, L)
+        attention_mask = r(attention_mask.astype(self.dtype))[:, None]                       # b 1 t h w
+        kernel = (c.patch_size_t, c.patch_size, c.patch_size)
+        attention_mask = ops.max_pool3d(attention_mask, kernel_size=kernel, stride=kernel)
+        attention_mask = attention_mask.reshape(batch_size, 1, -1)                          # (b 1) 1 (t h w)
+        attention_mask = r((1 - (attention_mask != 0).astype(self.dtype)) * MASK_BIAS)
+        encoder_attention_mask = r(r(1 - r(encoder_attention_mask.astype(self.dtype))) * MASK_BIAS)
+
+        # 1. Input
+        frame = ((frame - 1) // c.patch_size_t + 1) if frame % 2 == 1 else frame // c.patch_size_t
+        height, width = hidden_states.shape[-2] // c.patch_size, hidden_states.shape[-1] // c.patch_size
+        hidden_states, encoder_hidden_states, timestep, embedded_timestep = self._operate_on_patched_inputs(
+            hidden_states, encoder_hidden_states, timestep, batch_size, frame)
+
+        sparse_mask = {}
+        for sparse_n in SPARSE_NS:
+            sparse_mask[sparse_n] = Attention.prepare_sparse_mask(attention_mask, encoder_attention_mask, sparse_n,
+                                                                  c.num_attention_heads,
+                                                                  pad_value=r.scalar(SPARSE_PAD_BIAS))
+        # 2. Blocks
+        hidden_states = self.run_blocks(hidden_states, encoder_hidden_states, timestep, sparse_mask, frame, height,
+                                        width, 0, len(self.transformer_blocks))
+        # 3. Output
+        output = self._get_output_for_patched_inputs(hidden_states=hidden_states, timestep=timestep,
+                                                     embedded_timestep=embedded_timestep, num_frames=frame,
+                                                     height=height, width=width)
+        return (output,)
+
+    def _operate_on_patched_inputs(self, hidden_states, encoder_hidden_states, timestep, batch_size, frame):
+        """-> hidden_states (B, S, D), encoder_hidden_states (B, L, D), timestep (B, 6D), embedded_timestep (B, D)."""
+        hidden_states = self.pos_embed(self.numerics(hidden_states.astype(self.dtype)))
+        timestep, embedded_timestep = self.adaln_single(timestep, None, batch_size=batch_size,
+                                                        hidden_dtype=self.dtype)
+        encoder_hidden_states = self.caption_projection(encoder_hidden_states)   # b 1 l d
+        if encoder_hidden_states.ndim != 4 or encoder_hidden_states.shape[1] != 1:
+            raise ParityError(f"OpenSoraT2V_v1_3: encoder_hidden_states must be (B, 1, L, C), got projected shape "
+                              f"{tuple(encoder_hidden_states.shape)}")
+        encoder_hidden_states = encoder_hidden_states[:, 0]                        # b 1 l d -> (b 1) l d
+        return hidden_states, encoder_hidden_states, timestep, embedded_timestep
+
+    def run_blocks(self, hidden_states, encoder_hidden_states, timestep, sparse_masks, frame, height, width,
+                   start=0, stop=None):
+        """Blocks ``start..stop-1`` on batch-first states; blocks 2..29 take ``sparse_masks[n][group]``, others n=1."""
+        stop = len(self.transformer_blocks) if stop is None else stop
+        for i in range(start, stop):
+            block = self.transformer_blocks[i]
+            processor = block.attn1.processor
+            n = processor.sparse_n if FIRST_SPARSE_BLOCK <= i < FIRST_DENSE_TAIL_BLOCK else 1
+            attention_mask, encoder_attention_mask = sparse_masks[n][processor.sparse_group]
+            hidden_states = block(hidden_states, attention_mask=attention_mask,
+                                  encoder_hidden_states=encoder_hidden_states,
+                                  encoder_attention_mask=encoder_attention_mask, timestep=timestep, frame=frame,
+                                  height=height, width=width)
+        return hidden_states
+
+    def _get_output_for_patched_inputs(self, hidden_states, timestep, embedded_timestep, num_frames, height, width):
+        r = self.numerics
+        c = self.config
+        shift, scale = ops.chunk(r(self.scale_shift_table[None] + embedded_timestep[:, None]), 2, axis=1)
+        hidden_states = modulate(self.norm_out(hidden_states), shift, scale, r)
+        hidden_states = self.proj_out(hidden_states)
+        # unpatchify: n t h w o p q c -> n c t o h p w q
+        pt, p, ch = c.patch_size_t, c.patch_size, self.out_channels
+        hidden_states = hidden_states.reshape(-1, num_frames, height, width, pt, p, p, ch)
+        hidden_states = hidden_states.transpose(0, 7, 1, 4, 2, 5, 3, 6)
+        return hidden_states.reshape(-1, ch, num_frames * pt, height * p, width * p)
+
+    def output_head(self, hidden_states, embedded_timestep, frame, height, width):
+        """Teacher-forcing entry: the output layer on batch-first block output (B, S, D) -> (B, C, T, H, W)."""
+        return self._get_output_for_patched_inputs(hidden_states, None, embedded_timestep, frame, height, width)
+
+
+def OpenSoraT2V_v1_3_2B_122(**kwargs):
+    """Upstream factory of the released 2B/122 model (kwargs complete the config, e.g. in_channels=8)."""
+    config = dict(num_layers=32, attention_head_dim=96, num_attention_heads=24, patch_size_t=1, patch_size=2,
+                  caption_channels=4096, cross_attention_dim=2304, activation_fn="gelu-approximate")
+    config.update(kwargs)
+    return OpenSoraT2V_v1_3(config)
+
+
+# ================================================================================================================
+# precision
+# ================================================================================================================
+def set_precision(cell: nn.Cell, precision: str, device: str = "CPU") -> Numerics:
+    """Cast ``cell``'s parameters to ``precision`` and set the numerics of every sub-cell.
+
+    Parameters already holding data are converted (rounded to bf16 values under emulation); lazily initialised
+    ones (``no_init_parameters``) only change dtype.
+    """
+    numerics = numerics_for(precision, device)
+    for _, sub in cell.cells_and_names():
+        if isinstance(sub, Cell):
+            sub.numerics = numerics
+    for _, param in cell.parameters_and_names():
+        if param.has_init:
+            param.set_dtype(numerics.dtype)
+            continue
+        data = param.asnumpy().astype(np.float32) if param.dtype != ms.bfloat16 else \
+            param.astype(ms.float32).asnumpy()
+        if param.dtype != numerics.dtype:
+            param.set_dtype(numerics.dtype)
+        param.set_data(Tensor(numerics.table(data)).astype(numerics.dtype))
+    return numerics
+
+
+def set_attention_backend(cell: nn.Cell, backend: str | None) -> None:
+    """Make every ``Attention`` in ``cell`` use ``backend`` (None: follow ``ms_impl.attention``'s module setting)."""
+    if backend is not None and backend not in attention_seam.BACKENDS:
+        raise ParityError(f"unknown attention backend {backend!r}; use one of {', '.join(attention_seam.BACKENDS)}")
+    for _, sub in cell.cells_and_names():
+        if isinstance(sub, Attention):
+            sub.attention_backend = backend
