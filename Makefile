@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 test: setup
 	@mkdir -p $(REPORTS)
-	$(BIN)/python -m pytest -q -n 2 --junitxml=$(REPORTS)/junit.xml --parity-report $(REPORTS)/pytest
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --junitxml=$(REPORTS)/junit.xml --parity-report $(REPORTS)/pytest
 
 parity: setup
 	$(BIN)/parity compare $(DEFAULT_REFERENCE) --mode both --report $(REPORTS)

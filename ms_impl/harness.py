@@ -28,7 +28,7 @@ from ms_impl.modeling_opensora import OpenSoraT2V_v1_3, set_attention_backend, s
 from ms_impl.precision import normalize_device, precision_label as _precision_label
 from parity.adapters import get_adapter
 from parity.capture_ms import MsCapture, module_paths as _module_paths, tensor_dtype_name, to_numpy
-from parity.errors import ParityError
+from parity.errors import MissingProbe, ParityError
 from parity.probemap import load_probe_map
 from parity.families.opensora_v13.config import FAMILY, OpenSoraConfig
 from parity.families.opensora_v13.inputs import normalize_inputs
@@ -180,8 +180,8 @@ def run_isolated(model: OpenSoraT2V_v1_3, config: dict, reference: Callable[[str
         try:
             arr = np.asarray(reference(name), dtype=np.float32)
         except KeyError:
-            raise ParityError(f"teacher forcing needs the reference probe {name!r}, which the reference dump does "
-                              f"not have; dump the reference with all probes") from None
+            raise MissingProbe(f"teacher forcing needs the reference probe {name!r}, which the reference dump does "
+                               f"not have; dump the reference with all probes") from None
         adapter = by_name[name].ms_adapter if name in by_name else "identity"
         arr = np.ascontiguousarray(get_adapter(adapter).from_reference(arr, **params), dtype=np.float32)
         return nx(ms.Tensor(arr).astype(nx.dtype))
@@ -207,12 +207,18 @@ def run_isolated(model: OpenSoraT2V_v1_3, config: dict, reference: Callable[[str
     for spec in block_specs:
         i = spec.block
         source = "hidden_states_before_block" if i == 0 else block_probe(i - 1)
-        hidden = ref(source)
+        try:
+            hidden = ref(source)
+        except MissingProbe:  # a partial dump: this block cannot be fed its reference input
+            continue
         out = model.run_blocks(hidden, encoder_hidden_states, timestep, masks, frame, height, width, i, i + 1)
         on_probe(spec.name, to_numpy(out), dtype)
     if wants_output:
         last = block_probe(cfg.num_layers - 1) if cfg.num_layers else "hidden_states_before_block"
-        hidden = ref(last)
+        try:
+            hidden = ref(last)
+        except MissingProbe:
+            return
         embedded = ref("embedded_timestep_operate_on_patched_inputs")
         out = model.output_head(hidden, embedded, frame, height, width)
         on_probe("hidden_states_output", to_numpy(out), dtype)

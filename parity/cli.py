@@ -40,9 +40,9 @@ def cmd_cases(args) -> int:
 
     fam = get_family(args.family)
     print(f"{'case':<14} {'layers':>6} {'D':>4}  description")
-    for case in fam.cases().values():
+    for case in fam.builtin_cases().values():
         cfg = fam.parse_config(case.config)
-        marker = " (default)" if case.name == fam.default_case() else ""
+        marker = " (default)" if case.name == fam.default_case_name() else ""
         print(f"{case.name:<14} {cfg.num_layers:>6} {cfg.hidden_size:>4}  {case.description}{marker}")
     return EXIT_OK
 
@@ -56,9 +56,9 @@ def cmd_dump(args) -> int:
     if args.case:
         if args.config or args.inputs or args.weights:
             raise ParityError("--case builds config, weights and inputs itself; drop --config/--weights/--inputs")
-        case = fam.cases().get(args.case)
+        case = fam.builtin_cases().get(args.case)
         if case is None:
-            raise ParityError(f"unknown case {args.case!r}; built-in cases: {', '.join(fam.cases())} (parity cases)")
+            raise ParityError(f"unknown case {args.case!r}; built-in cases: {', '.join(fam.builtin_cases())} (parity cases)")
         seed = case.weights_seed if args.seed is None else args.seed
         summary = dump_reference(out=args.out, config=case.config, inputs=case.make_inputs(), seed=seed,
                                  precision=args.precision, case=case.name, inputs_seed=case.inputs_seed,
@@ -166,6 +166,8 @@ def _print_result(result: dict, verbose: bool) -> None:
         cos = "—" if p["cosine"] is None else f"{p['cosine']:.7f}"
         print(f"  {p['name']:<44} {p['mode']:<11} {_num(p['max_abs']):>9} {_num(p['mean_abs']):>9} {cos:>10} "
               f"{_num(p['atol']):>8} {_num(p['rtol']):>8}  {'ok' if p['passed'] else 'FAIL'}")
+    for p in result.get("not_evaluated", []):
+        print(f"  {p['name']:<44} {p['mode']:<11} not evaluated: {p['why']}")
     failing = [p for p in probes if not p["passed"]]
     for p in failing[: (len(failing) if verbose else 3)]:
         print()

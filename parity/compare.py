@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from parity.adapters import get_adapter
-from parity.errors import ParityError, ReferenceProblem
+from parity.errors import MissingProbe, ParityError, ReferenceProblem
 from parity.families import get_family
 from parity.metrics import compute_metrics
 from parity.probemap import load_probe_map
@@ -213,21 +213,41 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     try:
         with patch:
             if "isolated" in opts.modes:
-                subject.run_isolated(model, cfg_dict, dump.state, inputs, specs,
+                subject.run_isolated(model, cfg_dict, _reference_getter(dump), inputs, specs,
                                      lambda n, a, _dt=None: evaluator("isolated", n, a))
             if "accumulated" in opts.modes:
                 subject.capture(model, inputs, specs, lambda n, a, _dt=None: evaluator("accumulated", n, a))
     finally:
         progress.close()
+    partial = len(dump.probes) < len(pmap.probes(fam.num_layers(cfg)))
+    not_evaluated = []
     for mode in opts.modes:
         for spec in specs:
+            if (mode, spec.name) not in evaluator.results and mode == "isolated" and partial:
+                not_evaluated.append({"name": spec.name, "mode": mode, "why": "its teacher-forcing input is missing "
+                                      "from this partial reference dump"})
+                continue
             if (mode, spec.name) not in evaluator.results:
                 tol = profiles.lookup(dump.precision, spec.probe_class, mode)
                 evaluator._record(mode, spec, None, tol, False, "absolute",
                                   f"probe {spec.name} ({mode}): the subject never produced it "
                                   f"(ms {spec.ms_path}); check the probe map's ms_capture", shape=())
-    probes = [evaluator.results[(mode, s.name)] for mode in MODES if mode in opts.modes for s in specs]
-    return _assemble(dump, dump_path, opts, subject, probes, time.monotonic() - t0, profiles)
+    probes = [evaluator.results[(mode, s.name)] for mode in MODES if mode in opts.modes for s in specs
+              if (mode, s.name) in evaluator.results]
+    result = _assemble(dump, dump_path, opts, subject, probes, time.monotonic() - t0, profiles)
+    result["not_evaluated"] = not_evaluated
+    return result
+
+
+def _reference_getter(dump) -> Callable[[str], np.ndarray]:
+    """The reference states for teacher forcing; a probe absent from a partial dump is a ``MissingProbe``."""
+    present = set(dump.probes)
+
+    def reference(name: str) -> np.ndarray:
+        if name not in present:
+            raise MissingProbe(f"{dump.path}: the reference dump has no probe {name!r}")
+        return dump.state(name)
+    return reference
 
 
 def first_divergence(probes: list[dict]) -> dict | None:

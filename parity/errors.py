@@ -22,3 +22,10 @@ class ParityError(Exception):
 
 class ReferenceProblem(ParityError):
     """The reference itself is unusable (e.g. NaN/Inf in a reference state): not a subject failure."""
+
+
+class MissingProbe(ParityError, KeyError):
+    """A probe the comparison needs is not in the reference dump (e.g. a partial hand-made dump)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0] if self.args else ""

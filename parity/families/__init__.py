@@ -17,7 +17,8 @@ DEFAULT_FAMILY = "opensora_v13"
 
 
 def get_family(name: str = DEFAULT_FAMILY):
-    """The family module: ``parse_config``, ``num_layers``, ``normalize_inputs``, ``probe_names``, ``cases``."""
+    """The family module: ``parse_config``, ``num_layers``, ``normalize_inputs``, ``probe_names``,
+    ``builtin_cases``, ``default_case_name``."""
     if name not in FAMILIES:
         raise ParityError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
     return importlib.import_module(f"parity.families.{name}")

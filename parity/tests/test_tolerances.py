@@ -28,30 +28,27 @@ def _write(tmp_path, data, name="tol.json"):
     return p
 
 
-def test_shipped_file_loads_and_has_the_starting_numbers():
+def test_shipped_file_is_consistent():
+    """Structure of the shipped profiles; their calibration is tested by the parity and teeth suites."""
     prof = load_profiles()
     assert prof.version == 1 and prof.precisions == ["bf16", "fp16", "fp32"]
     t = prof.lookup("fp32", "embedding", "isolated")
-    assert (t.atol, t.rtol) == (2e-5, 1e-5) and "ops.exp" in t.reason and "angle" in t.reason
+    assert "exp" in t.reason and "angle" in t.reason
     assert t.relative is None and t.key == "fp32/embedding/isolated"
     assert t.context == "profile fp32/embedding/isolated"
-    assert (prof.lookup("fp32", "block", "isolated").atol, prof.lookup("fp32", "block", "isolated").rtol) \
-        == (1e-5, 1e-5)
-    acc = prof.lookup("fp32", "block", "accumulated")
-    assert (acc.atol, acc.rtol) == (5e-5, 1e-4)
-    out = prof.lookup("fp32", "output", "accumulated")
-    assert (out.atol, out.rtol) == (5e-5, 1e-4)
     for prec in prof.precisions:
         for cls in ("input", "mask"):
             for mode in MODES:
                 t = prof.lookup(prec, cls, mode)
                 assert (t.atol, t.rtol) == (0, 0)
-    for prec, k, floor in (("fp16", 2, 1e-3), ("bf16", 2, 5e-3)):
         for cls in ("embedding", "block", "output"):
-            for mode in MODES:
-                t = prof.lookup(prec, cls, mode)
-                assert t.relative == RelativeCriterion(k=k, floor=floor, reason=t.relative.reason)
-                assert "placeholder" in t.reason and "placeholder" in t.relative.reason
+            iso, acc = prof.lookup(prec, cls, "isolated"), prof.lookup(prec, cls, "accumulated")
+            assert iso.atol <= acc.atol and iso.rtol <= acc.rtol, (prec, cls)
+            assert iso.relative is None
+            # low precision is judged reference-relative in accumulated mode; fp32 absolutely
+            assert (acc.relative is not None) == (prec != "fp32"), (prec, cls)
+    # the block tolerance must sit below a LayerNorm eps 1e-5 vs 1e-6 error (>= 2e-6 measured)
+    assert prof.lookup("fp32", "block", "isolated").atol < 2e-6
 
 
 def test_probe_classes_agree_with_the_model_family():
@@ -104,9 +101,9 @@ def _broken(mutate):
     (lambda d: d["profiles"]["fp32"]["block"]["isolated"].update(reason="  "), "non-empty one-line string"),
     (lambda d: d["profiles"]["fp32"]["block"]["isolated"].update(reason="a\nb"), "must be one line"),
     (lambda d: d["profiles"]["fp32"]["block"]["isolated"].update(tol=1), r"unknown key\(s\) 'tol'"),
-    (lambda d: d["profiles"]["bf16"]["block"]["isolated"]["relative"].update(k=-2),
-     r"profiles\.bf16\.block\.isolated\.relative\.k: must be >= 0"),
-    (lambda d: d["profiles"]["bf16"]["block"]["isolated"]["relative"].pop("reason"),
+    (lambda d: d["profiles"]["bf16"]["block"]["accumulated"]["relative"].update(k=-2),
+     r"profiles\.bf16\.block\.accumulated\.relative\.k: must be >= 0"),
+    (lambda d: d["profiles"]["bf16"]["block"]["accumulated"]["relative"].pop("reason"),
      r"relative: missing key\(s\) 'reason'"),
     (lambda d: d["profiles"].update({"fp 32": {}}), "precision names"),
 ])

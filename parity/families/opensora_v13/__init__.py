@@ -23,11 +23,11 @@ def probe_names(config) -> list[str]:
     return _names(config.num_layers)
 
 
-def cases():
+def builtin_cases():
     from .cases import CASES
     return CASES
 
 
-def default_case() -> str:
+def default_case_name() -> str:
     from .cases import DEFAULT_CASE
     return DEFAULT_CASE

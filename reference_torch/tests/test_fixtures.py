@@ -1,0 +1,43 @@
+"""`make dump-reference` reproduces the committed reference dumps bit for bit."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+
+from parity.dumping import dump_reference
+from parity.families.opensora_v13.cases import get_case
+from parity.store import open_dump
+
+pytestmark = pytest.mark.torch
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "reference")
+DUMPS = sorted(os.path.basename(d) for d in glob.glob(os.path.join(FIXTURES, "*")))
+
+
+def test_every_case_is_committed_in_fp32_and_bf16():
+    from parity.families.opensora_v13.cases import CASES
+
+    assert sorted(DUMPS) == sorted(f"{c}-{p}" for c in CASES for p in ("fp32", "bf16"))
+    total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(FIXTURES, "**", "*"), recursive=True)
+                if os.path.isfile(f))
+    assert total < 10 * 2**20, f"committed fixtures grew to {total / 2**20:.1f} MiB; keep them a few MB"
+
+
+@pytest.mark.parametrize("name", DUMPS)
+def test_regeneration_reproduces_committed_dump(name, tmp_path):
+    committed = open_dump(os.path.join(FIXTURES, name))
+    case = get_case(committed.case)
+    out = tmp_path / name
+    dump_reference(out=str(out), config=case.config, inputs=case.make_inputs(), seed=committed.manifest["seeds"]["weights"],
+                   precision=committed.precision, case=case.name, inputs_seed=case.inputs_seed,
+                   threads=committed.manifest["extra"]["threads"])
+    fresh = json.loads((out / "manifest.json").read_text())
+    old = committed.manifest
+    assert fresh["config"] == old["config"]
+    assert fresh["weights"]["sha256"] == old["weights"]["sha256"], "weights differ from the committed ones"
+    changed = sorted(k for k in old["files"] if fresh["files"].get(k, {}).get("sha256") != old["files"][k]["sha256"])
+    assert not changed, f"{name}: regenerated files differ from the committed dump: {changed[:5]}"
+    assert set(fresh["files"]) == set(old["files"])
