@@ -25,26 +25,12 @@ import torch
 from parity.capture_torch import TorchCapture, module_paths as _module_paths, to_numpy
 from parity.errors import ParityError
 from parity.families.opensora_v13.config import OpenSoraConfig
-from parity.families.opensora_v13.probes import INPUT_NAMES
+from parity.families.opensora_v13.inputs import normalize_inputs
 from reference_torch.modeling_opensora import OpenSoraT2V_v1_3
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # expected rank(s) of each input; the first of two ranks is the one the model takes
-_INPUT_RANKS = {
-    "hidden_states": (5,),
-    "timestep": (1,),
-    "encoder_hidden_states": (4, 3),
-    "attention_mask": (4,),
-    "encoder_attention_mask": (3, 2),
-}
-_INPUT_LAYOUTS = {
-    "hidden_states": "(B, C, T, H, W)",
-    "timestep": "(B,)",
-    "encoder_hidden_states": "(B, 1, L, Dc) or (B, L, Dc)",
-    "attention_mask": "(B, T, H, W)",
-    "encoder_attention_mask": "(B, 1, L) or (B, L)",
-}
 _LIST_CAP = 5
 
 
@@ -147,64 +133,11 @@ def build_model(config: dict, weights: dict[str, np.ndarray], precision: str) ->
 # ---------------------------------------------------------------------------------------------------------
 
 
-def normalize_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Check and canonicalise the five forward inputs (numpy in, numpy out; arrays are not copied).
-
-    * all five of ``INPUT_NAMES`` must be present and nothing else;
-    * ``encoder_hidden_states`` (B, L, Dc) becomes (B, 1, L, Dc) and ``encoder_attention_mask`` (B, L) becomes
-      (B, 1, L) — the singleton dim upstream's forward requires (the pipeline adds it the same way);
-    * ranks are checked, the batch size must agree across inputs, ``attention_mask`` must be (B, T, H, W) of
-      ``hidden_states`` and the text mask length must equal the number of text tokens.
-    Any violation is a ParityError naming the input and its shape.
-    """
-    if not isinstance(inputs, Mapping):
-        raise ParityError(f"inputs: expected a mapping of input name -> array, got {type(inputs).__name__}")
-    missing = [n for n in INPUT_NAMES if n not in inputs]
-    unknown = [n for n in inputs if n not in INPUT_NAMES]
-    if missing or unknown:
-        raise ParityError(f"inputs: {'missing ' + ', '.join(missing) if missing else ''}"
-                          f"{'; ' if missing and unknown else ''}{'unknown ' + ', '.join(unknown) if unknown else ''}; "
-                          f"the model takes exactly {', '.join(INPUT_NAMES)}")
-    out: dict[str, np.ndarray] = {}
-    for name in INPUT_NAMES:
-        arr = np.asarray(inputs[name])
-        if arr.ndim not in _INPUT_RANKS[name]:
-            raise ParityError(f"input {name} has shape {arr.shape}; expected {_INPUT_LAYOUTS[name]}")
-        if arr.dtype.kind not in "fiub":
-            raise ParityError(f"input {name} has dtype {arr.dtype}; expected a numeric array")
-        out[name] = arr
-    if out["encoder_hidden_states"].ndim == 3:
-        out["encoder_hidden_states"] = out["encoder_hidden_states"][:, None]
-    if out["encoder_attention_mask"].ndim == 2:
-        out["encoder_attention_mask"] = out["encoder_attention_mask"][:, None]
-    if out["encoder_hidden_states"].shape[1] != 1:
-        raise ParityError(f"input encoder_hidden_states has shape {out['encoder_hidden_states'].shape}; "
-                          f"expected (B, 1, L, Dc) with a singleton dim 1")
-    if out["encoder_attention_mask"].shape[1] != 1:
-        raise ParityError(f"input encoder_attention_mask has shape {out['encoder_attention_mask'].shape}; "
-                          f"expected (B, 1, L) with a singleton dim 1")
-    for name in ("hidden_states", "timestep", "encoder_hidden_states"):
-        if out[name].dtype.kind != "f":
-            raise ParityError(f"input {name} has dtype {out[name].dtype}; expected a float array")
-    batch = out["hidden_states"].shape[0]
-    for name in INPUT_NAMES[1:]:
-        if out[name].shape[0] != batch:
-            raise ParityError(f"input {name} has shape {out[name].shape}, batch {out[name].shape[0]}; "
-                              f"hidden_states {out['hidden_states'].shape} has batch {batch}")
-    b, _, t, h, w = out["hidden_states"].shape
-    if out["attention_mask"].shape != (b, t, h, w):
-        raise ParityError(f"input attention_mask has shape {out['attention_mask'].shape}; expected (B, T, H, W) = "
-                          f"{(b, t, h, w)} from hidden_states {out['hidden_states'].shape}")
-    length = out["encoder_hidden_states"].shape[2]
-    if out["encoder_attention_mask"].shape[2] != length:
-        raise ParityError(f"input encoder_attention_mask has shape {out['encoder_attention_mask'].shape}; expected "
-                          f"(B, 1, {length}) to match encoder_hidden_states {out['encoder_hidden_states'].shape}")
-    return out
-
-
-def to_torch_inputs(inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """``normalize_inputs``, then CPU tensors with the arrays' own dtypes (no casting here)."""
-    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in normalize_inputs(inputs).items()}
+def to_torch_inputs(inputs: dict[str, np.ndarray], config) -> dict[str, torch.Tensor]:
+    """The family's ``normalize_inputs`` (checks, (B,L,Dc) -> (B,1,L,Dc)), then CPU tensors with the arrays' own
+    dtypes (no casting here)."""
+    cfg = _config(config)
+    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in normalize_inputs(inputs, cfg).items()}
 
 
 def _model_inputs(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -217,7 +150,7 @@ def _model_inputs(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict
     pipeline would round t=999 to 1000 before the call; we deliberately don't, so low-precision runs differ
     from fp32 only by the model's own arithmetic and the subject can replay the dumped inputs as they are.)
     """
-    tensors = to_torch_inputs(inputs)
+    tensors = to_torch_inputs(inputs, model.parity_config)
     dtype = next(model.parameters()).dtype
     tensors["encoder_hidden_states"] = tensors["encoder_hidden_states"].to(dtype)
     return tensors

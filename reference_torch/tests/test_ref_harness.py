@@ -187,31 +187,14 @@ def test_config_whose_sizes_disagree_with_the_weights():
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_normalize_inputs_adds_singletons_and_checks_shapes():
+def test_to_torch_inputs_adds_singletons_and_keeps_dtypes():
     inputs = make_inputs()
     flat = dict(inputs, encoder_hidden_states=inputs["encoder_hidden_states"][:, 0],
                 encoder_attention_mask=inputs["encoder_attention_mask"][:, 0])
-    out = H.normalize_inputs(flat)
-    assert out["encoder_hidden_states"].shape == (2, 1, 5, 32) and out["encoder_attention_mask"].shape == (2, 1, 5)
-    tensors = H.to_torch_inputs(flat)
+    tensors = H.to_torch_inputs(flat, tiny_config())
     assert tensors["encoder_hidden_states"].shape == (2, 1, 5, 32) and tensors["timestep"].dtype == torch.float32
-
-    bad = dict(inputs, hidden_states=inputs["hidden_states"][0])
     with pytest.raises(ParityError, match=r"hidden_states has shape \(8, 3, 10, 6\)"):
-        H.normalize_inputs(bad)
-    bad = dict(inputs, timestep=np.array([1.0, 2.0, 3.0], np.float32))
-    with pytest.raises(ParityError, match=r"timestep has shape \(3,\), batch 3"):
-        H.normalize_inputs(bad)
-    bad = dict(inputs, attention_mask=inputs["attention_mask"][:, :2])
-    with pytest.raises(ParityError, match="attention_mask has shape"):
-        H.normalize_inputs(bad)
-    bad = dict(inputs, encoder_attention_mask=inputs["encoder_attention_mask"][..., :3])
-    with pytest.raises(ParityError, match="encoder_attention_mask has shape"):
-        H.normalize_inputs(bad)
-    with pytest.raises(ParityError, match="missing timestep"):
-        H.normalize_inputs({k: v for k, v in inputs.items() if k != "timestep"})
-    with pytest.raises(ParityError, match="unknown pooled_projections"):
-        H.normalize_inputs(dict(inputs, pooled_projections=np.zeros(3)))
+        H.to_torch_inputs(dict(inputs, hidden_states=inputs["hidden_states"][0]), tiny_config())
 
 
 def test_forward_fp32_bf16_fp16_and_low_precision_error_is_small_but_nonzero():
@@ -235,7 +218,7 @@ def test_forward_fp32_bf16_fp16_and_low_precision_error_is_small_but_nonzero():
 def test_forward_accepts_return_dict_and_extra_kwargs():
     cfg = tiny_config()
     model = H.build_model(cfg, H.random_weights(cfg, 0), "fp32")
-    tensors = H.to_torch_inputs(make_inputs(2))
+    tensors = H.to_torch_inputs(make_inputs(2), cfg)
     with torch.no_grad():
         a = model(**tensors, pooled_projections=None)
         (b,) = model(**tensors, return_dict=False)
