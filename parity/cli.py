@@ -23,15 +23,79 @@ def _load_json(path: str, what: str) -> dict:
         with open(path, "r", encoding="utf-8") as fh:
             return json.load(fh)
     except FileNotFoundError:
-        raise ParityError(f"{path}: {what} not found") from None
+        raise ParityError(f"{path}: {what} not found; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ParityError(f"{path}: cannot read {what} ({exc.__class__.__name__})") from None
-    except ValueError as exc:
-        raise ParityError(f"{path}: {what} is not valid JSON ({' '.join(str(exc).split())[:100]})") from None
+        raise ParityError(f"{path}: cannot read {what} ({exc.__class__.__name__}); check the file and its "
+                          "permissions") from None
+    except (ValueError, RecursionError) as exc:
+        raise ParityError(f"{path}: {what} is not valid JSON ({' '.join(str(exc).split())[:100]}); fix it or pass "
+                          f"the model's own {what}.json") from None
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _stderr_is_tty() -> bool:
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def _progress(msg: str) -> None:
+    """Progress chatter goes to stderr only on a terminal, so a failed run's stderr is its one error line."""
+    if _stderr_is_tty():
+        _say(msg)
+
+
+def _hinted(fn, hint: str, *args):
+    """``fn(*args)``; a ParityError without advice (no ';') gets ``hint`` appended."""
+    try:
+        return fn(*args)
+    except ParityError as exc:
+        if ";" in str(exc):
+            raise
+        raise ParityError(f"{exc}; {hint}") from None
+
+
+def _dump_root(start: str) -> str | None:
+    """The parity dump directory that ``start`` (which need not exist) is, or lies in, if any."""
+    from parity.store import CONFIG, MANIFEST, SCHEMA
+
+    cur = os.path.realpath(start)
+    while True:
+        mpath = os.path.join(cur, MANIFEST)
+        if os.path.isfile(mpath):
+            try:
+                with open(mpath, "rb") as fh:
+                    head = fh.read(4096)
+            except OSError:
+                head = b""
+            if SCHEMA.encode() in head or (os.path.isfile(os.path.join(cur, CONFIG))
+                                           and os.path.isdir(os.path.join(cur, "states"))):
+                return cur
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            return None
+        cur = parent
+
+
+def _check_output(path: str, flag: str, kind: str) -> None:
+    """Refuse, before any work, an output that cannot be created or that lies inside a parity dump (dumps are
+    never modified in place). ``kind``: "dump" (the path may be an existing dump to replace), "dir" or "file"."""
+    full = os.path.abspath(path)
+    existing = full
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if existing == full:
+        if kind == "file" and os.path.isdir(full):
+            raise ParityError(f"{path}: is a directory; pass a file path as {flag}")
+        if kind != "file" and not os.path.isdir(full):
+            raise ParityError(f"{path}: exists and is not a directory; pass a new directory as {flag}")
+    elif not os.path.isdir(existing):
+        raise ParityError(f"{path}: cannot be created because {existing} is not a directory; choose another {flag}")
+    root = _dump_root(full if kind == "dir" else os.path.dirname(full))
+    if root is not None:
+        raise ParityError(f"{path}: lies inside the parity dump {root}, and dumps are never modified; choose a "
+                          f"{flag} outside it")
 
 
 # ---- commands ------------------------------------------------------------------------------------------------
@@ -53,6 +117,7 @@ def cmd_dump(args) -> int:
     from parity.inputs_io import load_tensor_file
 
     fam = get_family(args.family)
+    _check_output(args.out, "--out", "dump")
     if args.case:
         if args.config or args.inputs or args.weights:
             raise ParityError("--case builds config, weights and inputs itself; drop --config/--weights/--inputs")
@@ -62,7 +127,8 @@ def cmd_dump(args) -> int:
         seed = case.weights_seed if args.seed is None else args.seed
         summary = dump_reference(out=args.out, config=case.config, inputs=case.make_inputs(), seed=seed,
                                  precision=args.precision, case=case.name, inputs_seed=case.inputs_seed,
-                                 force=args.force, family=args.family, progress=_say, threads=args.threads)
+                                 force=args.force, family=args.family, progress=_progress, threads=args.threads,
+                                 stats_only=args.stats_only)
     else:
         if not (args.config and args.inputs) or (args.weights is None) == (args.seed is None):
             raise ParityError("parity dump needs --case NAME, or --config C.json --inputs IN and exactly one of "
@@ -71,8 +137,8 @@ def cmd_dump(args) -> int:
         inputs = load_tensor_file(args.inputs, "inputs")
         summary = dump_reference(out=args.out, config=config, inputs=inputs, weights_path=args.weights,
                                  seed=args.seed, precision=args.precision, force=args.force, family=args.family,
-                                 config_source=args.config, inputs_source=args.inputs, progress=_say,
-                                 threads=args.threads)
+                                 config_source=args.config, inputs_source=args.inputs, progress=_progress,
+                                 threads=args.threads, stats_only=args.stats_only)
     if summary["nonfinite"]:
         _say(f"warning: reference states with NaN/Inf: {', '.join(summary['nonfinite'][:5])}")
     print(f"wrote {summary['out']} ({summary['probes']} probes, {summary['precision']})")
@@ -82,6 +148,7 @@ def cmd_dump(args) -> int:
 def cmd_ingest(args) -> int:
     from parity.dumping import ingest_legacy
 
+    _check_output(args.out, "--out", "dump")
     config = _load_json(args.config, "config")
     s = ingest_legacy(args.legacy_dir, out=args.out, config=config, weights_path=args.weights,
                       precision=args.precision, force=args.force, family=args.family, config_source=args.config)
@@ -99,15 +166,23 @@ def cmd_convert(args) -> int:
     from parity.probemap import load_probe_map
     from parity.safetensors_io import load_safetensors_dtypes, save_safetensors
 
-    if os.path.exists(args.dst) and not args.force:
+    from parity.weights import check_state_dict
+
+    if os.path.lexists(args.dst) and not args.force:
         raise ParityError(f"{args.dst}: exists; pass --force to overwrite")
+    _check_output(args.dst, "--dst", "file")
+    if os.path.exists(args.dst) and os.path.exists(args.src) and os.path.samefile(args.src, args.dst):
+        raise ParityError(f"{args.dst}: is the --src file itself; write the converted weights to a new file")
     fam = get_family(args.family)
     tensors = load_tensor_file(args.src, "weights")
     if args.config:
-        config = fam.parse_config(_load_json(args.config, "config"), source=args.config).to_dict()
+        cfg = fam.parse_config(_load_json(args.config, "config"), source=args.config)
     else:
         from parity.families.opensora_v13.statedict import infer_config
-        config = infer_config({k: v.shape for k, v in tensors.items()}, source=args.src)
+        cfg = fam.parse_config(infer_config({k: v.shape for k, v in tensors.items()}, source=args.src),
+                               source=f"{args.src} (config inferred from the weights; pass --config)")
+    check_state_dict(tensors, fam.expected_state_dict_shapes(cfg), source=args.src)
+    config = cfg.to_dict()
     subject = load_probe_map(args.family).harness("subject")
     convert = subject.convert_ms_to_torch if args.to == "torch" else subject.convert_torch_to_ms
     out = convert(tensors, config)
@@ -121,13 +196,24 @@ def cmd_compare(args) -> int:
     from parity.compare import CompareOptions, compare_dump, first_divergence
     from parity.report import apply_baseline, load_baseline, write_report, write_summary
 
+    from parity.tolerances import load_profiles
+
     modes = ("isolated", "accumulated") if args.mode == "both" else (args.mode,)
-    baseline = load_baseline(args.baseline) if args.baseline else None
+    if args.report:  # checked before any work: a report that cannot be written must not cost a comparison
+        _check_output(args.report, "--report", "dir")
+        names = [os.path.basename(os.path.normpath(p)) for p in args.dumps]
+        if len(set(names)) != len(names):
+            raise ParityError(f"{args.report}: several dumps share a directory name ({', '.join(names)}); their "
+                              "reports would overwrite each other — compare them in separate runs")
+    baseline = (_hinted(load_baseline, "pass a parity.json written by 'parity compare --report'", args.baseline)
+                if args.baseline else None)
+    if args.tolerances:
+        _hinted(load_profiles, "fix the tolerance file or omit --tolerances", args.tolerances)
     results = []
     for path in args.dumps:
         opts = CompareOptions(modes=modes, device=args.device, precision=args.precision, probes=args.probes,
                               tolerance_file=args.tolerances, attention_backend=args.attention,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress and _stderr_is_tty())
         result = compare_dump(path, opts)
         if baseline is not None:
             apply_baseline(result, baseline)
@@ -161,13 +247,16 @@ def _print_result(result: dict, verbose: bool) -> None:
     fd = result["first_divergence"]
     if fd:
         print(f"first divergence: {fd['probe']} ({fd['mode']}) — torch {fd['torch_path']} / ms {fd['ms_path']}")
-    print(f"  {'probe':<44} {'mode':<11} {'max abs':>9} {'mean abs':>9} {'cosine':>10} {'atol':>8} {'rtol':>8}  ok")
+    w = max([len(p["name"]) for p in probes] + [5])
+    print(f"  {'probe':<{w}} {'mode':<11} {'max abs':>9} {'mean abs':>9} {'cosine':>10} {'atol':>8} {'rtol':>8}  ok")
     for p in probes:
         cos = "—" if p["cosine"] is None else f"{p['cosine']:.7f}"
-        print(f"  {p['name']:<44} {p['mode']:<11} {_num(p['max_abs']):>9} {_num(p['mean_abs']):>9} {cos:>10} "
+        print(f"  {p['name']:<{w}} {p['mode']:<11} {_num(p['max_abs']):>9} {_num(p['mean_abs']):>9} {cos:>10} "
               f"{_num(p['atol']):>8} {_num(p['rtol']):>8}  {'ok' if p['passed'] else 'FAIL'}")
     for p in result.get("not_evaluated", []):
-        print(f"  {p['name']:<44} {p['mode']:<11} not evaluated: {p['why']}")
+        print(f"  {p['name']:<{w}} {p['mode']:<11} not evaluated: {p['why']}")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
     failing = [p for p in probes if not p["passed"]]
     for p in failing[: (len(failing) if verbose else 3)]:
         print()
@@ -177,30 +266,96 @@ def _print_result(result: dict, verbose: bool) -> None:
 def cmd_report(args) -> int:
     from parity.report import rerender
 
-    paths = rerender(args.report_dir)
+    root = _dump_root(args.report_dir)
+    if root is not None:
+        raise ParityError(f"{args.report_dir}: lies inside the parity dump {root}; pass a report directory written "
+                          "by 'parity compare --report DIR'")
+    paths = _hinted(rerender, f"re-create it with 'parity compare DUMP --report {args.report_dir}'", args.report_dir)
     print(f"re-rendered {len(paths)} file(s) in {args.report_dir}")
     return EXIT_OK
+
+
+def _family_problems(path: str, problems: list[str]) -> list[str]:
+    """What only the model family can tell about a dump whose manifest is usable: config values, model inputs,
+    weight names/shapes against the config, NaN/Inf weights. Files already listed as broken are skipped."""
+    from parity import store
+    from parity.safetensors_io import load_safetensors, read_safetensors_header
+    from parity.weights import nonfinite_weights, shape_problems
+    from parity.families import get_family
+
+    mpath = os.path.join(path, store.MANIFEST)
+    if any(p.startswith((mpath, f"{path}:")) for p in problems):
+        return []  # the manifest itself is unusable: nothing to check against
+    try:  # the store's lenient pass: only the entries that passed the field checks
+        man, _, files, _ = store._inspect(path, hashes=False, finite=False, weights_hash=False)
+        dump = store.Dump(path, man, files)
+        fam = get_family(dump.family)
+    except (ParityError, KeyError, TypeError, ValueError):
+        return []
+    try:
+        cfg = fam.parse_config(dump.config, source=os.path.join(path, store.CONFIG))
+    except ParityError as exc:
+        return [str(exc)]
+    found = []
+    try:
+        inputs = dump.inputs()
+    except ParityError:
+        inputs = None  # a broken input file is listed already
+    if inputs is not None:
+        try:
+            fam.normalize_inputs(inputs, cfg, source=os.path.join(path, "inputs"))
+        except ParityError as exc:
+            found.append(str(exc))
+    w = man.get("weights")
+    wpath = store._weights_location(path, w) if isinstance(w, dict) and isinstance(w.get("path"), str) else None
+    if wpath and not any(p.startswith(wpath) for p in problems):
+        try:
+            header = read_safetensors_header(wpath)
+            bad = shape_problems({k: s for k, (_, s) in header.items()}, fam.expected_state_dict_shapes(cfg))
+            if bad:
+                found.append(f"{wpath}: weights do not match the config in manifest.json — {'; '.join(bad)}; "
+                             "re-create the dump from the config that belongs to these weights")
+            else:
+                floats = [k for k, (dt, _) in header.items() if dt.startswith(("float", "bfloat"))]
+                nonfinite = [k for k in floats if nonfinite_weights(load_safetensors(wpath, [k], mmap=True))]
+                if nonfinite:
+                    found.append(f"{wpath}: reference problem: {len(nonfinite)} weight(s) contain NaN/Inf "
+                                 f"({', '.join(nonfinite[:5])}); re-create the dump from a healthy checkpoint")
+        except ParityError as exc:
+            found.append(str(exc))
+    return found
 
 
 def cmd_verify(args) -> int:
     from parity.store import verify_dump
 
-    worst = EXIT_OK
+    bad = []
     for path in args.dumps:
         problems = verify_dump(path)
+        problems += _family_problems(path, problems)
         if problems:
-            worst = EXIT_BAD_INPUT
+            bad.append(f"{path} ({len(problems)} problem(s))")
             print(f"{path}: {len(problems)} problem(s)")
             for p in problems:
                 print(f"  - {p}")
         else:
             print(f"{path}: OK")
-    return worst
+    if bad:
+        raise ParityError(f"{', '.join(bad)} listed on stdout; fix the files or re-create the dump with 'parity dump'")
+    return EXIT_OK
 
 
 # ---- parser ---------------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(str(message).split())}; see '{self.prog} "
+                                  f"--help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="parity", description="PyTorch -> MindSpore numerical parity harness "
+    p = _Parser(prog="parity", description="PyTorch -> MindSpore numerical parity harness "
                                 "(Open-Sora-Plan v1.3 OpenSoraT2V).")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     p.add_argument("--family", default="opensora_v13", help=argparse.SUPPRESS)
@@ -221,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing dump")
     s.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: CPU reductions depend on it, so dumps reproduce exactly)")
+    s.add_argument("--stats-only", action="store_true",
+                   help="store per-probe statistics, sha256 and a sample of values instead of the tensors (very "
+                        "large runs; 'parity compare' then applies the weaker stats criterion)")
     s.set_defaults(func=cmd_dump)
 
     s = sub.add_parser("ingest", help="turn a folder of hand-dumped <probe>.npy files into a dump")
@@ -276,16 +434,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _say(f"parity {args.command}: error: {exc}")
         return exc.exit_code
+    except BrokenPipeError:  # output piped into head & co. (before OSError, of which it is a subclass)
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_OK
     except OSError as exc:
         if args.debug:
             traceback.print_exc()
-        hint = "free some disk space and retry" if exc.errno == errno.ENOSPC else "check the path and permissions"
-        where = exc.filename or ""
-        _say(f"parity {args.command}: error: {where}: {exc.strerror or exc}; {hint}")
+        full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        hint = "free some disk space and retry" if full else "check the path and permissions"
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say(f"parity {args.command}: error: {where}{' '.join(str(exc.strerror or exc).split())}; {hint}")
         return EXIT_BAD_INPUT
-    except BrokenPipeError:  # output piped into head & co.
-        sys.stdout = open(os.devnull, "w")
-        return EXIT_OK
     except KeyboardInterrupt:
         _say(f"parity {args.command}: interrupted; nothing half-written was left in place")
         return 130
