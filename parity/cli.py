@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import os
+import stat
 import sys
 import traceback
 
@@ -18,10 +19,28 @@ from parity.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARITY_FAILURE, ParityEr
 MODE_CHOICES = ("isolated", "accumulated", "both")
 
 
-def _load_json(path: str, what: str) -> dict:
+_MAX_JSON_BYTES = 64 * 2**20
+
+
+def _require_file(path: str, what: str, dir_ok: bool = False) -> None:
+    """A FIFO or device given as an input file would block or never end: refuse it up front."""
     try:
-        with open(path, "r", encoding="utf-8") as fh:
-            return json.load(fh)
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # the reader reports missing/unreadable files itself
+    if not (stat.S_ISREG(mode) or (dir_ok and stat.S_ISDIR(mode))):
+        raise ParityError(f"{path}: {what} is not a regular file; pass the {what} file itself")
+
+
+def _load_json(path: str, what: str) -> dict:
+    _require_file(path, what)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_JSON_BYTES + 1)
+        if len(raw) > _MAX_JSON_BYTES:
+            raise ParityError(f"{path}: {what} is larger than {_MAX_JSON_BYTES >> 20} MiB; pass the model's own "
+                              f"{what}.json")
+        return json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ParityError(f"{path}: {what} not found; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -54,6 +73,20 @@ def _hinted(fn, hint: str, *args):
         if ";" in str(exc):
             raise
         raise ParityError(f"{exc}; {hint}") from None
+
+
+def _check_device(device: str) -> None:
+    """Refuse an accelerator that is not there before the subject framework's own checks print their
+    multi-line diagnostics (a CPU-only machine asked for --device GPU/Ascend)."""
+    import ctypes.util
+
+    if device == "GPU" and ctypes.util.find_library("cuda") is None:
+        raise ParityError("--device GPU: no CUDA driver (libcuda) on this machine; run on a machine with an NVIDIA "
+                          "GPU and MindSpore's GPU setup, or use --device CPU")
+    if device == "Ascend" and not (ctypes.util.find_library("ascendcl") or os.environ.get("ASCEND_HOME_PATH")
+                                   or os.path.isdir("/usr/local/Ascend")):
+        raise ParityError("--device Ascend: no Ascend CANN toolkit here (no libascendcl, ASCEND_HOME_PATH unset); run "
+                          "on an Ascend machine with CANN set up, or use --device CPU")
 
 
 def _dump_root(start: str) -> str | None:
@@ -123,7 +156,8 @@ def cmd_dump(args) -> int:
             raise ParityError("--case builds config, weights and inputs itself; drop --config/--weights/--inputs")
         case = fam.builtin_cases().get(args.case)
         if case is None:
-            raise ParityError(f"unknown case {args.case!r}; built-in cases: {', '.join(fam.builtin_cases())} (parity cases)")
+            raise ParityError(f"unknown case {args.case!r}; pick one of: {', '.join(fam.builtin_cases())} "
+                              "(see 'parity cases')")
         seed = case.weights_seed if args.seed is None else args.seed
         summary = dump_reference(out=args.out, config=case.config, inputs=case.make_inputs(), seed=seed,
                                  precision=args.precision, case=case.name, inputs_seed=case.inputs_seed,
@@ -131,7 +165,7 @@ def cmd_dump(args) -> int:
                                  stats_only=args.stats_only)
     else:
         if not (args.config and args.inputs) or (args.weights is None) == (args.seed is None):
-            raise ParityError("parity dump needs --case NAME, or --config C.json --inputs IN and exactly one of "
+            raise ParityError("pass --case NAME, or --config C.json --inputs IN and exactly one of "
                               "--weights W.safetensors / --seed N")
         config = _load_json(args.config, "config")
         inputs = load_tensor_file(args.inputs, "inputs")
@@ -199,12 +233,17 @@ def cmd_compare(args) -> int:
     from parity.tolerances import load_profiles
 
     modes = ("isolated", "accumulated") if args.mode == "both" else (args.mode,)
+    _check_device(args.device)
     if args.report:  # checked before any work: a report that cannot be written must not cost a comparison
         _check_output(args.report, "--report", "dir")
         names = [os.path.basename(os.path.normpath(p)) for p in args.dumps]
         if len(set(names)) != len(names):
             raise ParityError(f"{args.report}: several dumps share a directory name ({', '.join(names)}); their "
                               "reports would overwrite each other — compare them in separate runs")
+    if args.baseline:
+        _require_file(args.baseline, "baseline report", dir_ok=True)
+    if args.tolerances:
+        _require_file(args.tolerances, "tolerance file")
     baseline = (_hinted(load_baseline, "pass a parity.json written by 'parity compare --report'", args.baseline)
                 if args.baseline else None)
     if args.tolerances:
@@ -221,15 +260,14 @@ def cmd_compare(args) -> int:
         results.append(result)
         _print_result(result, verbose=args.verbose)
     if args.report:
+        hint = "free disk space or choose another --report directory"
         if len(results) == 1:
-            write_report(results[0], args.report)
+            _hinted(write_report, hint, results[0], args.report)
         else:
             names = [os.path.basename(os.path.normpath(p)) for p in args.dumps]
-            if len(set(names)) != len(names):
-                raise ParityError("several dumps share a directory name; reports would overwrite each other")
             for name, result in zip(names, results):
-                write_report(result, os.path.join(args.report, name))
-            write_summary(results, args.report)
+                _hinted(write_report, hint, result, os.path.join(args.report, name))
+            _hinted(write_summary, hint, results, args.report)
         print(f"report written to {args.report}")
     return EXIT_OK if all(r["passed"] for r in results) else EXIT_PARITY_FAILURE
 
@@ -329,19 +367,22 @@ def _family_problems(path: str, problems: list[str]) -> list[str]:
 def cmd_verify(args) -> int:
     from parity.store import verify_dump
 
-    bad = []
+    bad = []  # (dump, its problems)
     for path in args.dumps:
         problems = verify_dump(path)
         problems += _family_problems(path, problems)
         if problems:
-            bad.append(f"{path} ({len(problems)} problem(s))")
+            bad.append((path, problems))
             print(f"{path}: {len(problems)} problem(s)")
             for p in problems:
                 print(f"  - {p}")
         else:
             print(f"{path}: OK")
-    if bad:
-        raise ParityError(f"{', '.join(bad)} listed on stdout; fix the files or re-create the dump with 'parity dump'")
+    if bad:  # one stderr line: the first problem, and how many more are listed on stdout
+        path, problems = bad[0]
+        more = f"{path}: {len(problems)} problem(s) in all" + (f", {len(bad) - 1} more dump(s) with problems"
+                                                               if len(bad) > 1 else "")
+        raise ParityError(f"{problems[0]} [{more}, every one listed on stdout]")
     return EXIT_OK
 
 

@@ -21,7 +21,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -32,8 +32,11 @@ from parity.families import get_family
 from parity.metrics import compute_metrics
 from parity.probemap import load_probe_map
 from parity.progress import Progress
+from parity.safetensors_io import read_safetensors_header
+from parity.stats import SAMPLE_SIZE, check as stats_check, subject_stats
 from parity.store import open_dump
 from parity.tolerances import load_profiles, relative_passed
+from parity.weights import check_finite, check_shapes
 
 MODES = ("isolated", "accumulated")
 REPORT_SCHEMA = "opensora-parity/report@1"
@@ -74,16 +77,9 @@ class _Evaluator:
         self._lowp_err: dict[str, float] = {}
 
     def _reference(self, name: str, role: str = "state") -> np.ndarray:
-        ref = self.dump.state(name, role=role)
-        if ref.dtype.kind == "f":
-            bad = int(np.count_nonzero(~np.isfinite(ref)))
-            if bad:
-                folder = "states" if role == "state" else "states_fp32"
-                raise ReferenceProblem(
-                    f"{os.path.join(self.dump.path, folder, name + '.npy')}: the reference state has {bad} NaN/Inf "
-                    f"value(s) — a problem of the reference run, not of the subject; regenerate the dump "
-                    f"(lower precision overflow or bad inputs)")
-        return ref
+        # a read-only memmap: nothing of the reference is held in memory beyond the pages being compared.
+        # NaN/Inf in it were ruled out up front (_check_reference_finite), chunk by chunk.
+        return self.dump.state(name, role=role)
 
     def lowp_error(self, name: str) -> float:
         if name not in self._lowp_err:
@@ -97,6 +93,9 @@ class _Evaluator:
         if spec is None or (mode, name) in self.results:
             return
         sub = get_adapter(spec.ms_adapter).to_reference(np.asarray(array), **self.params)
+        if self.dump.stats_only:
+            self._stats_probe(mode, spec, sub)
+            return
         ref = self._reference(name)
         tol = self.profiles.lookup(self.precision, spec.probe_class, mode)
         use_relative = (tol.relative is not None and mode == "accumulated" and self.dump.has_fp32_states
@@ -127,8 +126,26 @@ class _Evaluator:
             msg = "" if passed else _mismatch_message(name, mode, spec, metrics, tol, self.precision)
         self._record(mode, spec, metrics, tol, passed, criterion, msg, atol=atol, rtol=rtol, lowp=lowp)
 
+    def _stats_probe(self, mode: str, spec, sub: np.ndarray) -> None:
+        """Stats-only dump: judge the subject's statistics and sample (parity.stats.check)."""
+        ref = self.dump.stats(spec.name)
+        tol = self.profiles.lookup(self.precision, spec.probe_class, mode)
+        got = subject_stats(sub, ref, where=f"probe {spec.name} (subject)")
+        v = stats_check(ref, got, tol.atol, tol.rtol)
+        msg = "" if v["passed"] else (
+            f"probe {spec.name} ({mode}, stats-only comparison, profile {self.precision}/{spec.probe_class}/{mode} "
+            f"atol={tol.atol:g} rtol={tol.rtol:g}): " + "; ".join(v["failures"][:4])
+            + f"\ntorch: {spec.torch_path} | ms: {spec.ms_path}")
+        extra = {"shape": list(ref["shape"]), "max_abs": _finite_or_none(v["sample_max_abs"]),
+                 "nan_ref": int(ref["nan"]), "inf_ref": int(ref["inf"]), "nan_sub": int(got["nan"]),
+                 "inf_sub": int(got["inf"]),
+                 "stats": {"bit_identical": v["bit_identical"], "sample_n": v["sample_n"],
+                           "sample_outside": v["sample_outside"], "worst_statistic": v["worst"],
+                           "worst_ratio": _finite_or_none(v["worst_ratio"])}}
+        self._record(mode, spec, None, tol, v["passed"], "stats", msg, shape=ref["shape"], extra=extra)
+
     def _record(self, mode, spec, metrics, tol, passed, criterion, message, *, atol=None, rtol=None, lowp=None,
-                shape=None):
+                shape=None, extra=None):
         m = metrics.to_dict() if metrics is not None else {}
         entry = {
             "name": spec.name, "mode": mode, "probe_class": spec.probe_class, "block": spec.block,
@@ -142,6 +159,8 @@ class _Evaluator:
         }
         if metrics is not None and not np.isfinite(m.get("max_abs", 0.0)):
             entry["max_abs"] = None
+        if extra:
+            entry.update(extra)
         self.results[(mode, spec.name)] = entry
         if self.progress is not None:
             self.progress.update(1, f"{mode} {spec.name}")
@@ -197,12 +216,25 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     if opts.probes:
         specs = [s for s in specs if any(fnmatch.fnmatchcase(s.name, pat) for pat in opts.probes)]
         if not specs:
-            raise ParityError(f"{dump_path}: --probes {' '.join(opts.probes)} matches no probe in the dump")
+            raise ParityError(f"{dump_path}: --probes {' '.join(opts.probes)} matches no probe in the dump; use "
+                              f"globs over its probe names (e.g. {dump.probes[0] if dump.probes else 'none'}, "
+                              f"'hidden_states_*_block')")
     profiles = load_profiles(opts.tolerance_file)
-    subject = pmap.harness("subject")
+    notes = []
+    if dump.stats_only:
+        opts, notes = _stats_only_modes(dump, dump_path, opts)
     cfg_dict = cfg.to_dict()
-    weights = dump.load_weights()
+    # everything about the reference is checked before the subject is built, so bad input costs no model run
+    expected_shapes = getattr(fam, "expected_state_dict_shapes", None)
+    if expected_shapes is not None:  # from the safetensors header: nothing is loaded yet
+        wpath = dump.weights_path()
+        check_shapes({k: s for k, (_, s) in read_safetensors_header(wpath).items()}, expected_shapes(cfg),
+                     source=wpath)
     inputs = fam.normalize_inputs(dump.inputs(), cfg, source=os.path.join(dump_path, "inputs"))
+    _check_reference_finite(dump, specs, opts.modes)
+    subject = pmap.harness("subject")
+    weights = dump.load_weights()
+    check_finite(weights, dump.weights_path())
     progress = Progress(len(specs) * len(opts.modes), f"compare {os.path.basename(os.path.normpath(dump_path))}",
                         enabled=opts.progress)
     evaluator = _Evaluator(dump, specs, profiles, dump.precision, pmap.adapter_params(cfg_dict), progress)
@@ -236,7 +268,49 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
               if (mode, s.name) in evaluator.results]
     result = _assemble(dump, dump_path, opts, subject, probes, time.monotonic() - t0, profiles)
     result["not_evaluated"] = not_evaluated
+    if dump.stats_only:
+        result["comparison"] = "stats-only"
+    if notes:
+        result["notes"] = notes
     return result
+
+
+def _check_reference_finite(dump, specs, modes) -> None:
+    """NaN/Inf in a reference state is a ReferenceProblem (exit 2, not a subject failure), raised up front."""
+    roles = ("state", "state_fp32") if dump.has_fp32_states and "accumulated" in modes else ("state",)
+    for spec in specs:
+        for role in roles:
+            try:
+                n_nan, n_inf = dump.nonfinite_counts(spec.name, role)
+            except ParityError:
+                if role == "state":
+                    raise
+                continue  # no fp32 shadow for this probe: the relative criterion reports it if it needs one
+            if n_nan or n_inf:
+                folder = "states" if role == "state" else "states_fp32"
+                raise ReferenceProblem(
+                    f"{os.path.join(dump.path, folder, spec.name + '.npy')}: reference problem — probe {spec.name} "
+                    f"has {n_nan} NaN and {n_inf} Inf value(s) in the reference itself, not in the subject; fix the "
+                    f"reference run (low-precision overflow or bad inputs?) and re-create the dump")
+
+
+def _stats_only_modes(dump, dump_path, opts):
+    """A stats-only dump supports accumulated mode only (isolated mode feeds blocks the reference's tensors)."""
+    if "accumulated" not in opts.modes:
+        raise ParityError(f"{dump_path}: is a stats-only dump (parity dump --stats-only): it has no reference tensors "
+                          f"to feed blocks in isolated mode; compare it with --mode accumulated, or re-dump without "
+                          f"--stats-only")
+    notes = []
+    if "isolated" in opts.modes:
+        notes.append("isolated mode skipped: a stats-only dump has no reference tensors to teacher-force blocks with")
+    notes.append(f"stats-only comparison (weaker than a full one): the dump holds per-probe statistics, not tensors; "
+                 f"each probe is judged on its shape, NaN/Inf, {SAMPLE_SIZE} fixed sampled elements (|sub - ref| <= "
+                 f"atol + rtol*|ref|) and the bounds that criterion implies for min, max, mean, std, absmax, rms and "
+                 f"mean abs; max_abs is over the sample only; see parity/stats.py")
+    if dump.precision != "fp32":
+        notes.append(f"{dump.precision} stats-only dumps carry no fp32 shadow run: the absolute fallback bounds of the "
+                     f"{dump.precision} profile apply instead of the reference-relative criterion")
+    return replace(opts, modes=("accumulated",)), notes
 
 
 def _reference_getter(dump) -> Callable[[str], np.ndarray]:

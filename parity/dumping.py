@@ -48,13 +48,17 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
                    case: str | None = None, inputs_seed: int | None = None, force: bool = False,
                    family: str = DEFAULT_FAMILY, config_source: str = "config",
                    inputs_source: str = "inputs", progress: Callable[[str], None] | None = None,
-                   threads: int = 1) -> dict:
+                   threads: int = 1, stats_only: bool = False) -> dict:
     """Run the reference on ``inputs`` and write a dump to ``out``; returns a small summary dict.
 
     Weights come from ``weights`` (in memory), ``weights_path`` (safetensors) or ``seed`` (random init).
     For bf16/fp16 the same model is also run in fp32 on the rounded weights (``states_fp32``), which the
     reference-relative tolerance criterion needs. ``threads`` fixes the reference's intra-op thread count
     (CPU matmul reductions depend on it), so the same dump is reproduced bit for bit on any machine.
+
+    ``stats_only`` writes per-probe statistics, hashes and a sample of values instead of the states (see
+    ``parity.stats``; for very large runs). Such a dump has no fp32 shadow run: a bf16/fp16 stats-only dump is
+    judged with the absolute fallback bounds of its precision.
     """
     _check_precision(precision)
     fam = get_family(family)
@@ -62,11 +66,16 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
     inputs = fam.normalize_inputs(inputs, cfg, source=inputs_source)
     pmap = load_probe_map(family)
     specs = pmap.probes(fam.num_layers(cfg))
-    ref = pmap.harness("reference")
     cfg_dict = cfg.to_dict()
 
+    if threads < 1:
+        raise ParityError(f"--threads must be >= 1, got {threads}; pass --threads 1 (the default)")
     if weights is None and weights_path is not None:
         weights = load_tensor_file(weights_path, "weights")
+    if weights is not None:  # names, shapes and values are checked before anything is written
+        from parity.weights import check_state_dict
+        check_state_dict(weights, fam.expected_state_dict_shapes(cfg), source=weights_path or "weights")
+    ref = pmap.harness("reference")  # torch is imported only once the given files are known to be usable
     if weights is None:
         if seed is None:
             raise ParityError("no weights: pass --weights W.safetensors or --seed N for random weights")
@@ -74,13 +83,11 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
     weights_lowp = round_to_precision(weights, precision)
 
     seeds = {"weights": seed, "inputs": inputs_seed}
-    if threads < 1:
-        raise ParityError(f"--threads must be >= 1, got {threads}")
     say = progress or (lambda _msg: None)
     nonfinite: list[str] = []
     with DumpWriter(out, family=family, precision=precision, config=cfg_dict, seeds=seeds,
                     versions=versions(ref), case=case, producer="parity dump", force=force,
-                    extra={"threads": threads}) as writer, ref.fixed_threads(threads):
+                    extra={"threads": threads}, stats_only=stats_only) as writer, ref.fixed_threads(threads):
         for name, arr in inputs.items():
             writer.add_input(name, arr)
         external = (weights_path is not None and os.path.getsize(weights_path) > EXTERNAL_WEIGHTS_BYTES)
@@ -100,13 +107,14 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
         model = ref.build_model(cfg_dict, weights_lowp, precision)
         ref.capture(model, inputs, specs, record("state"))
         del model
-        if precision != "fp32":
+        if precision != "fp32" and not stats_only:
             say("running the torch reference in fp32 on the same weights (for the reference-relative criterion)")
             model = ref.build_model(cfg_dict, weights_lowp, "fp32")
             ref.capture(model, inputs, specs, record("state_fp32"))
             del model
         writer.extra["nonfinite_states"] = nonfinite
-    return {"out": out, "probes": len(specs), "precision": precision, "nonfinite": nonfinite}
+    return {"out": out, "probes": len(specs), "precision": precision, "nonfinite": nonfinite,
+            "stats_only": bool(stats_only)}
 
 
 def ingest_legacy(legacy_dir: str, *, out: str, config: dict, weights_path: str, precision: str | None = None,
@@ -124,15 +132,15 @@ def ingest_legacy(legacy_dir: str, *, out: str, config: dict, weights_path: str,
     missing = [n for n in expected if n not in files]
     ignored = sorted(set(files) - set(expected))
     if not found:
-        raise ParityError(f"{legacy_dir}: no probe files found (expected names like hidden_states_input.npy, "
-                          f"hidden_states_0_block.npy)")
+        raise ParityError(f"{legacy_dir}: no probe files found; check the folder — it needs <probe>.npy files "
+                          f"named like hidden_states_input.npy, hidden_states_0_block.npy")
     arrays = {n: load_npy_checked(files[n]) for n in found}
     input_probes = [f"{n}_input" for n in ("hidden_states", "timestep", "encoder_hidden_states", "attention_mask",
                                            "encoder_attention_mask")]
     lacking = [n for n in input_probes if n not in arrays]
     if lacking:
         raise ParityError(f"{legacy_dir}: missing {', '.join(n + '.npy' for n in lacking)}; the model inputs are "
-                          f"needed to run the subject — dump them from forward()'s arguments too")
+                          f"needed to run the subject — save them from forward()'s arguments too (numpy.save)")
     inputs = fam.normalize_inputs({n[:-len("_input")]: arrays[n] for n in input_probes}, cfg,
                                   source=f"{legacy_dir} (*_input.npy)")
     if precision is None:
@@ -140,15 +148,10 @@ def ingest_legacy(legacy_dir: str, *, out: str, config: dict, weights_path: str,
     _check_precision(precision)
     weights = load_tensor_file(weights_path, "weights")
     # The weights must fit the config; the reference harness checks names and shapes strictly if importable.
-    pmap = load_probe_map(family)
-    try:
-        ref = pmap.harness("reference")
-    except ParityError:
-        ref = None
-    if ref is not None:
-        expected_shapes = ref.expected_state_dict_shapes(cfg.to_dict())
-        from parity.weights import check_state_dict
-        check_state_dict(weights, expected_shapes, source=weights_path)
+    # The weights must fit the config exactly (names, shapes, finite values); the family knows the shapes
+    # without torch, so ingest works where only the subject's framework is installed.
+    from parity.weights import check_state_dict
+    check_state_dict(weights, fam.expected_state_dict_shapes(cfg), source=weights_path)
     state_dtype = {"fp32": None, "fp16": None, "bf16": "bfloat16"}[precision]
     nonfinite = []
     with DumpWriter(out, family=family, precision=precision, config=cfg.to_dict(), seeds={},

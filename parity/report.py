@@ -264,6 +264,8 @@ def summary_line(result: dict) -> str:
     if where:
         line += f" ({where})"
     line += f": {ok}/{len(probes)} probes within tolerance"
+    if result.get("comparison") == "stats-only":
+        line += " (stats-only comparison)"
     fd = result.get("first_divergence")
     if fd:
         line += f"; first divergence: {fd.get('probe')} ({fd.get('mode', '?')})"
@@ -287,6 +289,8 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
     versions = result.get("versions") or {}
     if versions:
         meta.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    for note in result.get("notes") or []:
+        meta.append(f"note: {_cell(note)}")
     out += [f"- {m}" for m in meta]
     if meta:
         out.append("")
@@ -519,11 +523,13 @@ def rerender(report_dir: str | Path) -> list[Path]:
         except (OSError, UnicodeDecodeError) as exc:
             raise ParityError(f"{d / SUMMARY_NAME}: cannot read ({exc})") from None
         for sub in _LINK_RE.findall(text):
+            if sub in (".", "..") or "/" in sub or "\\" in sub or "\0" in sub or (d / sub).is_symlink():
+                continue  # a hand-edited summary must not make us write outside report_dir
             if sub not in subdirs and (d / sub / JSON_NAME).is_file():
                 subdirs.append(sub)
     if d.is_dir():
         for p in sorted(d.iterdir()):
-            if p.is_dir() and (p / JSON_NAME).is_file() and p.name not in subdirs:
+            if p.is_dir() and not p.is_symlink() and (p / JSON_NAME).is_file() and p.name not in subdirs:
                 subdirs.append(p.name)
     if not subdirs:
         raise ParityError(f"{d}: no {JSON_NAME} (nor per-dump subdirectories holding one) to re-render")

@@ -11,6 +11,11 @@ Layout::
 
 bf16 arrays are stored as uint16 bit patterns with manifest dtype "bfloat16"; loaders upcast exactly to
 float32. Writers build the dump in a hidden sibling temp directory and rename it into place.
+
+Stats-only dumps (``DumpWriter(..., stats_only=True)``, ``parity dump --stats-only``) have no states/ or
+states_fp32/: the manifest carries ``"stats_only": true`` and ``"stats": {probe: entry}`` (shape, dtype, sha256
+of the tensor bytes, NaN/Inf counts, min/max/mean/std/absmax/rms/mean_abs and a fixed sample of values; see
+``parity.stats``). Inputs and weights are stored as usual.
 """
 
 from __future__ import annotations
@@ -188,7 +193,9 @@ def _read_json(full: str, shown: str):
         if not stat.S_ISREG(os.stat(full).st_mode):  # a FIFO or device would block or never end
             raise ParityError(f"{shown}: not a regular file; {_FIX}")
         with open(full, "rb") as f:
-            raw = f.read(_MAX_JSON_BYTES + 1)
+            # read(n) allocates n bytes up front: ask for the file's size (+1 to notice growth), not the cap
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(min(size, _MAX_JSON_BYTES) + 1)
     except FileNotFoundError:
         raise ParityError(f"{shown}: missing; {_FIX}") from None
     except OSError as e:
@@ -230,7 +237,7 @@ def _load_manifest(path: str, allow_tmp: bool = False) -> dict:
         raise ParityError(f"{mpath}: not a JSON object; {_FIX}")
     if man.get("schema") != SCHEMA:
         raise ParityError(f"{mpath}: schema is {_short(man.get('schema'))}, expected {SCHEMA!r}; "
-                          "this is not a parity dump manifest")
+                          "this is not a parity dump manifest; point to a dump created by 'parity dump'")
     ver = man.get("schema_version")
     if not _is_int(ver) or ver not in SUPPORTED_SCHEMA_VERSIONS:
         raise ParityError(f"{mpath}: unsupported schema_version {_short(ver)}; this version of parity reads "
@@ -335,6 +342,17 @@ def _check_fields(man: dict, mpath: str, problems: list) -> tuple[dict, dict | N
         if ok:
             good[rel] = e
 
+    stats_only = man.get("stats_only", False)
+    if not isinstance(stats_only, bool):
+        bad("'stats_only' must be true or false")
+        stats_only = False
+    if stats_only or "stats" in man:
+        if not stats_only:
+            bad("'stats' is only allowed in a stats-only dump (stats_only: true)")
+        else:
+            _check_stats(man, probe_list if isinstance(probes, list) else [], good, bad)
+        return good, weights
+
     states = {e["name"] for e in good.values() if e["role"] == "state"}
     if isinstance(probes, list) and isinstance(files, dict):
         for p in probe_list:
@@ -347,6 +365,29 @@ def _check_fields(man: dict, mpath: str, problems: list) -> tuple[dict, dict | N
             if e["role"] == "state_fp32" and e["name"] not in probe_list:
                 bad(f"states_fp32/{e['name']}.npy has no matching probe in 'probes'")
     return good, weights
+
+
+def _check_stats(man: dict, probe_list: list, good: dict, bad) -> None:
+    """A stats-only dump: per-probe stats entries instead of state files (see parity.stats)."""
+    from parity.stats import entry_problems
+
+    stats = man.get("stats")
+    if not isinstance(stats, dict):
+        bad("'stats' must be an object mapping probe names to statistics (stats-only dump)")
+        return
+    for rel, e in list(good.items()):
+        if e["role"] != "input":
+            bad(f"files[{_short(rel, 100)}]: a stats-only dump holds no state files")
+            del good[rel]
+    for p in probe_list:
+        if p not in stats:
+            bad(f"probe {p!r} is listed in 'probes' but has no entry in 'stats'")
+    for name, e in stats.items():
+        if name not in probe_list:
+            bad(f"stats[{_short(name, 100)}] has no matching probe in 'probes'")
+            continue
+        for problem in entry_problems(e)[:3]:
+            bad(f"stats[{name!r}]: {problem}")
 
 
 def _weights_location(path: str, w: dict) -> str:
@@ -379,6 +420,13 @@ def _inspect(path, *, hashes: bool, finite: bool, weights_hash: bool, allow_tmp:
             problem = str(err)
         if problem:
             problems.append(problem)
+
+    if finite and man.get("stats_only") is True and isinstance(man.get("stats"), dict):
+        for name, e in man["stats"].items():
+            if isinstance(e, dict) and _is_int(e.get("nan")) and _is_int(e.get("inf")) and (e["nan"] or e["inf"]):
+                problems.append(f"reference problem: {mpath}: stats of probe {_short(name, 100)} count {e['nan']} NaN "
+                                f"and {e['inf']} Inf values; the reference run itself is broken (overflow/precision?); "
+                                "fix the reference model or inputs and re-create the dump")
 
     if w is not None:
         try:
@@ -492,16 +540,30 @@ class Dump:
         self._files = files
         self.input_names: list[str] = [e["name"] for e in files.values() if e["role"] == "input"]
         self.has_fp32_states: bool = any(e["role"] == "state_fp32" for e in files.values())
+        self.stats_only: bool = manifest.get("stats_only") is True
         self._weights_verified = False
 
     def __repr__(self):
         return f"Dump({self.path!r}, family={self.family!r}, precision={self.precision!r}, probes={len(self.probes)})"
+
+    def stats(self, probe: str) -> dict:
+        """The statistics entry of ``probe`` in a stats-only dump (see ``parity.stats``)."""
+        validate_name(probe, "probe")
+        if not self.stats_only:
+            raise ParityError(f"{self.path}: not a stats-only dump; read the probe's tensor with state()")
+        entry = self.manifest["stats"].get(probe)
+        if entry is None:
+            raise ParityError(f"{os.path.join(self.path, MANIFEST)}: probe {probe!r} is not in this dump; check the name")
+        return entry
 
     def _entry(self, role: str, name) -> tuple[str, dict]:
         if not isinstance(role, str) or role not in ROLE_DIRS:
             raise ParityError(f"unknown role {role!r}; use one of {', '.join(ROLE_DIRS)}")
         validate_name(name, "input" if role == "input" else "probe")
         rel = f"{ROLE_DIRS[role]}/{name}.npy"
+        if self.stats_only and role != "input":
+            raise ParityError(f"{self.path}: is a stats-only dump (parity dump --stats-only): it holds statistics of "
+                              f"probe {name!r}, not its tensor; use Dump.stats(), or re-dump without --stats-only")
         if rel not in self._files:
             if role == "state_fp32" and not self.has_fp32_states:
                 raise ParityError(f"{self.path}: this {self.precision} dump has no fp32 shadow states "
@@ -523,13 +585,20 @@ class Dump:
         return self._load(*self._entry(role, probe))
 
     def state_dtype(self, probe: str, role: str = "state") -> str:
+        if self.stats_only and role == "state":
+            return self.stats(probe)["dtype"]
         return self._entry(role, probe)[1]["dtype"]
 
     def state_shape(self, probe: str, role: str = "state") -> tuple:
+        if self.stats_only and role == "state":
+            return tuple(self.stats(probe)["shape"])
         return tuple(self._entry(role, probe)[1]["shape"])
 
     def nonfinite_counts(self, probe: str, role: str = "state") -> tuple[int, int]:
         """(NaN count, Inf count) of a stored array; non-zero means a reference problem."""
+        if self.stats_only and role == "state":
+            e = self.stats(probe)
+            return e["nan"], e["inf"]
         rel, e = self._entry(role, probe)
         return _dt.nonfinite_counts(_open_npy(os.path.join(self.path, rel), e), e["dtype"])
 
@@ -677,7 +746,7 @@ class DumpWriter:
 
     def __init__(self, out_dir, *, family: str, precision: str, config: dict, seeds: dict | None = None,
                  versions: dict | None = None, case: str | None = None, producer: str = "parity dump",
-                 force: bool = False, extra: dict | None = None):
+                 force: bool = False, extra: dict | None = None, stats_only: bool = False):
         self._shown = os.fspath(out_dir)
         self.out_dir = os.path.abspath(self._shown)
         self.name = os.path.basename(self.out_dir)
@@ -703,6 +772,8 @@ class DumpWriter:
             self._meta[label] = self._jsonable(label, self._meta[label])
         self.extra: dict = self._meta.pop("extra")  # callers may add entries until the with-block ends
         self.precision, self.force = precision, force
+        self.stats_only = bool(stats_only)  # states become statistics (parity.stats), no states/*.npy
+        self._stats: dict = {}
         self._files: dict = {}
         self._probes: list = []
         self._weights = None
@@ -818,7 +889,22 @@ class DumpWriter:
         if role == "state_fp32" and self.precision == "fp32":
             raise ParityError(f"{self._shown}: state_fp32 {probe!r} given for an fp32 dump; fp32 shadow states "
                               "are only for bf16/fp16 dumps")
+        if self.stats_only:
+            self._add_stats(role, probe, array, dtype)
+            return
         self._add(role, probe, array, dtype)
+
+    def _add_stats(self, role, name, array, dtype):
+        from parity.stats import tensor_stats
+
+        self._require_active()
+        validate_name(name, "probe")
+        if role != "state":
+            raise ParityError(f"{self._shown}: a stats-only dump holds no fp32 shadow states ({role} {name!r})")
+        if name in self._stats:
+            raise ParityError(f"{self._shown}: {role} {name!r} added twice; give each a unique name")
+        self._stats[name] = tensor_stats(array, dtype, where=f"{self._shown}: {role} {name!r}")
+        self._probes.append(name)
 
     def _add(self, role, name, array, dtype):
         self._require_active()
@@ -891,6 +977,8 @@ class DumpWriter:
         manifest["extra"] = self._jsonable("extra", self.extra)
         manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest.update(weights=self._weights, probes=list(self._probes), files=self._files)
+        if self.stats_only:
+            manifest.update(stats_only=True, stats=self._stats)
         with self._io("config.json and manifest.json"):
             for fname, obj in ((CONFIG, self._meta["config"]), (MANIFEST, manifest)):  # manifest last
                 with open(os.path.join(self._tmp, fname), "xb") as f:

@@ -1,4 +1,4 @@
-"""Strict state-dict checks shared by the dump, ingest and convert paths (numpy only)."""
+"""Strict state-dict checks shared by the dump, ingest, convert and compare paths (numpy only)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 from parity.errors import ParityError
 
 _LIST_MAX = 5
+_FIX = "use the config.json that belongs to these weights"
 
 
 def _listed(names: list[str]) -> str:
@@ -16,12 +17,13 @@ def _listed(names: list[str]) -> str:
     return shown + (f" (+{len(names) - _LIST_MAX} more)" if len(names) > _LIST_MAX else "")
 
 
-def state_dict_problems(weights: Mapping[str, np.ndarray], expected: Mapping[str, tuple]) -> list[str]:
-    """Missing, unexpected and mis-shaped keys, each category as one phrase (empty list = strict match)."""
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    mismatched = [f"{k} {tuple(np.shape(weights[k]))} vs expected {tuple(expected[k])}"
-                  for k in expected if k in weights and tuple(np.shape(weights[k])) != tuple(expected[k])]
+def shape_problems(shapes: Mapping[str, tuple], expected: Mapping[str, tuple]) -> list[str]:
+    """Missing, unexpected and mis-shaped keys of ``{name: shape}``, each category as one phrase
+    (empty list = strict match). Works on a safetensors header, so nothing has to be loaded."""
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    mismatched = [f"{k} {tuple(shapes[k])} vs expected {tuple(expected[k])}"
+                  for k in expected if k in shapes and tuple(shapes[k]) != tuple(expected[k])]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {_listed(missing)}")
@@ -32,11 +34,35 @@ def state_dict_problems(weights: Mapping[str, np.ndarray], expected: Mapping[str
     return problems
 
 
-def check_state_dict(weights: Mapping[str, np.ndarray], expected: Mapping[str, tuple], source: str) -> None:
-    problems = state_dict_problems(weights, expected)
+def state_dict_problems(weights: Mapping[str, np.ndarray], expected: Mapping[str, tuple]) -> list[str]:
+    """``shape_problems`` of a mapping of arrays."""
+    return shape_problems({k: tuple(np.shape(v)) for k, v in weights.items()}, expected)
+
+
+def check_shapes(shapes: Mapping[str, tuple], expected: Mapping[str, tuple], source: str) -> None:
+    """ParityError naming ``source`` and every missing/unexpected/mis-shaped key."""
+    problems = shape_problems(shapes, expected)
     if problems:
-        raise ParityError(f"{source}: checkpoint does not match the model config — {'; '.join(problems)}; "
-                          f"use the config.json that belongs to these weights")
+        raise ParityError(f"{source}: checkpoint does not match the model config — {'; '.join(problems)}; {_FIX}")
+
+
+def nonfinite_weights(weights: Mapping[str, np.ndarray]) -> list[str]:
+    """Names of float tensors holding NaN or Inf."""
+    return [k for k, v in weights.items()
+            if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v))]
+
+
+def check_finite(weights: Mapping[str, np.ndarray], source: str) -> None:
+    bad = nonfinite_weights(weights)
+    if bad:
+        raise ParityError(f"{source}: {len(bad)} weight(s) contain NaN or Inf ({_listed(bad)}); the checkpoint is "
+                          "corrupt — re-export it from a healthy training state")
+
+
+def check_state_dict(weights: Mapping[str, np.ndarray], expected: Mapping[str, tuple], source: str) -> None:
+    """Names and shapes must match ``expected`` exactly and every float tensor must be finite."""
+    check_shapes({k: tuple(np.shape(v)) for k, v in weights.items()}, expected, source)
     for k, v in weights.items():
-        if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v)):
-            raise ParityError(f"{source}: weight {k} contains NaN or Inf; the checkpoint is corrupt")
+        if np.asarray(v).dtype.kind not in "fiub":
+            raise ParityError(f"{source}: weight {k} has dtype {np.asarray(v).dtype}; re-export it as a float tensor")
+    check_finite(weights, source)

@@ -20,5 +20,5 @@ def get_family(name: str = DEFAULT_FAMILY):
     """The family module: ``parse_config``, ``num_layers``, ``normalize_inputs``, ``probe_names``,
     ``builtin_cases``, ``default_case_name``."""
     if name not in FAMILIES:
-        raise ParityError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
+        raise ParityError(f"unknown model family {name!r}; use one of: {', '.join(FAMILIES)}")
     return importlib.import_module(f"parity.families.{name}")

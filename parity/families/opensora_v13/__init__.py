@@ -18,6 +18,12 @@ def normalize_inputs(inputs, config, source="inputs"):
     return _normalize(inputs, config, source)
 
 
+def expected_state_dict_shapes(config) -> dict:
+    """``{parameter name: shape}`` of the model for ``config`` (torch ``state_dict`` names = MindSpore names)."""
+    from .statedict import expected_shapes
+    return expected_shapes(config)
+
+
 def probe_names(config) -> list[str]:
     from .probes import probe_names as _names
     return _names(config.num_layers)

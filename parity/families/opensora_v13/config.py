@@ -92,7 +92,8 @@ class OpenSoraConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "OpenSoraConfig":
         if not isinstance(data, Mapping):
-            raise ParityError(f"{source}: expected a JSON object with the model config, got {type(data).__name__}")
+            raise ParityError(f"{source}: expected a JSON object with the model config, got {type(data).__name__}; "
+                              "pass the model's config.json")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         missing = [k for k in REQUIRED_KEYS if data.get(k) is None]
         if missing:
@@ -115,7 +116,7 @@ class OpenSoraConfig:
     def validate(self, source: str = "config") -> None:
         def need(cond: bool, what: str) -> None:
             if not cond:
-                raise ParityError(f"{source}: {what}")
+                raise ParityError(f"{source}: {what}" + ("" if ";" in what else "; fix this value in the config"))
 
         for key in ("in_channels", "patch_size", "patch_size_t", "caption_channels", "num_attention_heads",
                     "attention_head_dim", "num_layers"):

@@ -17,6 +17,10 @@ from .config import OpenSoraConfig
 from .probes import INPUT_NAMES
 
 
+def _bad(message: str) -> ParityError:
+    return ParityError(f"{message}; fix the inputs (or use the config they were made for)")
+
+
 def normalize_inputs(inputs: Mapping[str, np.ndarray], config: OpenSoraConfig,
                      source: str = "inputs") -> dict[str, np.ndarray]:
     missing = [n for n in INPUT_NAMES if n not in inputs]
@@ -27,7 +31,7 @@ def normalize_inputs(inputs: Mapping[str, np.ndarray], config: OpenSoraConfig,
             parts.append(f"missing {', '.join(missing)}")
         if unknown:
             parts.append(f"unknown {', '.join(unknown)}")
-        raise ParityError(f"{source}: {'; '.join(parts)}; expected exactly the keys {', '.join(INPUT_NAMES)}")
+        raise _bad(f"{source}: {'; '.join(parts)}; expected exactly the keys {', '.join(INPUT_NAMES)}")
     out = {n: np.asarray(inputs[n]) for n in INPUT_NAMES}
     if out["encoder_hidden_states"].ndim == 3:
         out["encoder_hidden_states"] = out["encoder_hidden_states"][:, None]
@@ -39,28 +43,28 @@ def normalize_inputs(inputs: Mapping[str, np.ndarray], config: OpenSoraConfig,
         arr = out[name]
         rank = layout.count(",") + 1 if layout != "(B,)" else 1
         if arr.ndim != rank:
-            raise ParityError(f"{source}: {name} has shape {arr.shape}, expected {layout}")
+            raise _bad(f"{source}: {name} has shape {arr.shape}, expected {layout}")
         if arr.dtype.kind not in "fiub":
-            raise ParityError(f"{source}: {name} has dtype {arr.dtype}; expected a numeric array")
+            raise _bad(f"{source}: {name} has dtype {arr.dtype}; expected a numeric array")
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-            raise ParityError(f"{source}: {name} contains NaN or Inf; inputs must be finite")
+            raise _bad(f"{source}: {name} contains NaN or Inf; inputs must be finite")
     hs, ehs = out["hidden_states"], out["encoder_hidden_states"]
     batch = {n: a.shape[0] for n, a in out.items()}
     if len(set(batch.values())) != 1:
-        raise ParityError(f"{source}: inconsistent batch sizes {batch}; all inputs need the same B")
+        raise _bad(f"{source}: inconsistent batch sizes {batch}; all inputs need the same B")
     b, c, t, h, w = hs.shape
     if c != config.in_channels:
-        raise ParityError(f"{source}: hidden_states has {c} channels but the config says in_channels={config.in_channels}")
+        raise _bad(f"{source}: hidden_states has {c} channels but the config says in_channels={config.in_channels}")
     if h < config.patch_size or w < config.patch_size:
-        raise ParityError(f"{source}: hidden_states H, W = {h}, {w} smaller than patch_size {config.patch_size}")
+        raise _bad(f"{source}: hidden_states H, W = {h}, {w} smaller than patch_size {config.patch_size}")
     if ehs.shape[1] != 1:
-        raise ParityError(f"{source}: encoder_hidden_states has shape {ehs.shape}; dim 1 must be the singleton (B,1,L,Dc)")
+        raise _bad(f"{source}: encoder_hidden_states has shape {ehs.shape}; dim 1 must be the singleton (B,1,L,Dc)")
     if ehs.shape[3] != config.caption_channels:
-        raise ParityError(f"{source}: encoder_hidden_states has {ehs.shape[3]} features but the config says "
-                          f"caption_channels={config.caption_channels}")
+        raise _bad(f"{source}: encoder_hidden_states has {ehs.shape[3]} features but the config says "
+                   f"caption_channels={config.caption_channels}")
     if out["attention_mask"].shape != (b, t, h, w):
-        raise ParityError(f"{source}: attention_mask has shape {out['attention_mask'].shape}, expected {(b, t, h, w)}")
+        raise _bad(f"{source}: attention_mask has shape {out['attention_mask'].shape}, expected {(b, t, h, w)}")
     if out["encoder_attention_mask"].shape != (b, 1, ehs.shape[2]):
-        raise ParityError(f"{source}: encoder_attention_mask has shape {out['encoder_attention_mask'].shape}, "
-                          f"expected {(b, 1, ehs.shape[2])}")
+        raise _bad(f"{source}: encoder_attention_mask has shape {out['encoder_attention_mask'].shape}, "
+                   f"expected {(b, 1, ehs.shape[2])}")
     return out
