@@ -15,9 +15,9 @@ from typing import Mapping
 import numpy as np
 
 from parity.errors import ParityError
+from parity.weights import state_dict_problems
 from parity.families.opensora_v13.config import OpenSoraConfig
 
-_LIST_CAP = 6
 
 
 def _config(config) -> OpenSoraConfig:
@@ -35,35 +35,15 @@ def expected_parameter_shapes(config) -> dict[str, tuple]:
     return {name: tuple(p.shape) for name, p in model.parameters_and_names()}
 
 
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_LIST_CAP])
-    return f"[{shown}{f' … (+{len(items) - _LIST_CAP} more)' if len(items) > _LIST_CAP else ''}]"
-
-
 def check_tensors(tensors: Mapping[str, np.ndarray], expected: Mapping[str, tuple], what: str) -> None:
     """One ParityError naming every missing, unexpected, shape-mismatched or non-float entry."""
     if not isinstance(tensors, Mapping):
         raise ParityError(f"{what}: expected a mapping of parameter name -> array, got {type(tensors).__name__}")
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    mismatched, bad_dtype = [], []
-    for k, shape in expected.items():
-        if k in tensors:
-            arr = tensors[k]
-            got = tuple(np.shape(arr))
-            if got != tuple(shape):
-                mismatched.append(f"{k} (got {got}, expected {tuple(shape)})")
-            elif np.asarray(arr).dtype.kind != "f":
-                bad_dtype.append(f"{k} ({np.asarray(arr).dtype})")
-    parts = []
-    if missing:
-        parts.append(f"missing {len(missing)} key(s) {_listing(missing)}")
-    if unexpected:
-        parts.append(f"unexpected {len(unexpected)} key(s) {_listing(unexpected)}")
-    if mismatched:
-        parts.append(f"{len(mismatched)} shape mismatch(es) {_listing(mismatched)}")
+    parts = state_dict_problems(tensors, expected)
+    bad_dtype = [f"{k} ({np.asarray(v).dtype})" for k, v in tensors.items()
+                 if k in expected and np.asarray(v).dtype.kind != "f"]
     if bad_dtype:
-        parts.append(f"{len(bad_dtype)} non-float tensor(s) {_listing(bad_dtype)}")
+        parts.append(f"{len(bad_dtype)} non-float tensor(s) {', '.join(bad_dtype[:6])}")
     if parts:
         raise ParityError(f"{what}: {'; '.join(parts)}; refusing to convert — use the config.json that belongs "
                           f"to these weights")

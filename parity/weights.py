@@ -22,13 +22,13 @@ def shape_problems(shapes: Mapping[str, tuple], expected: Mapping[str, tuple]) -
     (empty list = strict match). Works on a safetensors header, so nothing has to be loaded."""
     missing = [k for k in expected if k not in shapes]
     unexpected = [k for k in shapes if k not in expected]
-    mismatched = [f"{k} {tuple(shapes[k])} vs expected {tuple(expected[k])}"
+    mismatched = [f"{k} (weights {tuple(shapes[k])}, config {tuple(expected[k])})"
                   for k in expected if k in shapes and tuple(shapes[k]) != tuple(expected[k])]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing key(s): {_listed(missing)}")
+        problems.append(f"missing {len(missing)} key(s): {_listed(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}")
+        problems.append(f"unexpected {len(unexpected)} key(s): {_listed(unexpected)}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_listed(mismatched)}")
     return problems

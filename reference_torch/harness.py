@@ -24,6 +24,7 @@ import torch
 
 from parity.capture_torch import TorchCapture, module_paths as _module_paths, to_numpy
 from parity.errors import ParityError
+from parity.weights import state_dict_problems
 from parity.families.opensora_v13.config import OpenSoraConfig
 from parity.families.opensora_v13.inputs import normalize_inputs
 from reference_torch.modeling_opensora import OpenSoraT2V_v1_3
@@ -31,7 +32,6 @@ from reference_torch.modeling_opensora import OpenSoraT2V_v1_3
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # expected rank(s) of each input; the first of two ranks is the one the model takes
-_LIST_CAP = 5
 
 
 def _config(config: "Mapping[str, Any] | OpenSoraConfig") -> OpenSoraConfig:
@@ -45,12 +45,6 @@ def _precision_dtype(precision: str) -> torch.dtype:
         return PRECISION_DTYPES[precision]
     except (KeyError, TypeError):
         raise ParityError(f"unknown precision {precision!r}; use one of {', '.join(PRECISION_DTYPES)}") from None
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_LIST_CAP])
-    more = f" … (+{len(items) - _LIST_CAP} more)" if len(items) > _LIST_CAP else ""
-    return f"[{shown}{more}]"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -88,25 +82,11 @@ def build_model(config: dict, weights: dict[str, np.ndarray], precision: str) ->
     if not isinstance(weights, Mapping):
         raise ParityError(f"weights: expected a mapping of parameter name -> array, got {type(weights).__name__}")
     expected = expected_state_dict_shapes(cfg)
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    mismatched = []
-    for k, shape in expected.items():
-        if k in weights:
-            got = tuple(np.shape(weights[k]))
-            if got != shape:
-                mismatched.append(f"{k} (weights {got}, config {shape})")
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s) {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s) {_listing(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es) {_listing(mismatched)}")
+    problems = state_dict_problems(weights, expected)
+    if problems:
         raise ParityError(
             f"weights do not match the config (hidden size {cfg.hidden_size}, {cfg.num_layers} layers, "
-            f"in_channels {cfg.in_channels}, caption_channels {cfg.caption_channels}): {'; '.join(parts)}; "
+            f"in_channels {cfg.in_channels}, caption_channels {cfg.caption_channels}): {'; '.join(problems)}; "
             f"use the config.json that belongs to these weights, or regenerate the weights for this config")
     state = {}
     for k in expected:

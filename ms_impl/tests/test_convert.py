@@ -55,7 +55,7 @@ def test_strict_conversion_lists_every_problem_in_one_line():
     msg = str(exc.value)
     assert "\n" not in msg and "refusing" in msg
     for name in ("proj_out.bias", "transformer_blocks.1.attn2.to_k.weight", "transformer_blocks.0.norm1.weight",
-                 "pos_embed.proj.weight (got (48, 8, 1, 1), expected (48, 8, 2, 2))", "scale_shift_table (int32)"):
+                 "pos_embed.proj.weight (weights (48, 8, 1, 1), config (48, 8, 2, 2))", "scale_shift_table (int32)"):
         assert name in msg
     with pytest.raises(ParityError, match="mindspore -> torch"):
         convert_ms_to_torch({}, cfg)
