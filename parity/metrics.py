@@ -2,10 +2,25 @@
 
 ``compute_metrics(ref, sub, atol=..., rtol=...)`` reads both arrays (ndarrays or ``np.memmap``s of any
 real dtype, same shape) chunk by chunk (default 128Ki elements, so a chunk and its work buffers stay in
-cache), reusing chunk-sized buffers: no full-size temporary is ever made. Per chunk it does one
-subtraction, |Δ|, four BLAS dot products (float32 partials, accumulated in float64) and ONE comparison
-|Δ| > θ that picks the few "candidate" elements that can still change an order statistic (max |Δ|, min
-passing atol, max rel, the tolerance count, the p99 tail); only those are gathered and worked on.
+cache), reusing chunk-sized buffers: no full-size temporary is ever made, and nothing is read twice
+(except in the rare fallbacks named below). Per chunk without NaN/Inf (the fast path):
+
+* Δ = sub − ref and |Δ| (in place), four BLAS dots Σ Δ·ref, Σ ref², Σ Δ², Σ |Δ| (float32 partials,
+  accumulated in float64). Their finiteness doubles as the NaN/Inf detector: a chunk whose sums are not
+  finite takes the slower masked path.
+* max/min of ref, for the default rel floor (a running max |ref|; see ``max_rel``).
+* one comparison |Δ| > θ: the elements above θ = min(max_abs, max(0, max_e), atol, θ_rel) are the only ones
+  that can still change max |Δ|, the min passing atol, the tolerance count or max rel. They are located
+  word by word (8 bools at a time: numpy's nonzero/boolean indexing cost ~0.15 ns per mask byte plus
+  ~20 ns per hit) and queued; the queue is worked on in batches with plain array formulas, reading ref
+  and sub again only at the candidates' positions.
+* p99: |Δ| > hi is counted, and the few |Δ| in a narrow band [lo, hi] around the predicted p99 are kept
+  (two comparisons, one count, one word scan).
+
+Measured on the 2-core dev box (2 × 50M float32, passing probe, alternating rounds): ~0.35 of the
+throughput of ``read_bandwidth_probe`` (``a.sum()``), was ~0.25 with a separate max|ref| pre-scan.
+Subtraction, |Δ|, the four dots and max/min of ref alone already run at ~0.55 of it; each further
+vectorized pass over a chunk costs ~0.02-0.03, and the exact p99 and candidate screening need five.
 
 Definitions (Δ = sub − ref, computed in the *working dtype*: float32 when both inputs are at most 32-bit
 floats or small ints/bools, else float64 — the arithmetic ``numpy.isclose`` uses for float32/float64):
@@ -15,19 +30,25 @@ floats or small ints/bools, else float64 — the arithmetic ``numpy.isclose`` us
                    order), ``ref_at_max`` / ``sub_at_max`` the two values there.
 * ``mean_abs``     mean |Δ| over compared positions.
 * ``max_rel``      max |Δ| / max(|ref|, rel_floor). Default ``rel_floor`` = 1e-3 · max|ref| over the finite
-                   reference values, or 1e-12 when that is 0 (all-zero reference). The floor keeps near-zero
-                   reference entries from dominating. Because the floor is global, the default costs one
-                   streaming max/min pre-scan of ``ref`` (memory-bound, ~25% of the run time); pass
-                   ``rel_floor=`` or ``ref_absmax=`` (max|ref|, if already known) to skip it. Exact.
+                   reference values, or 1e-12 when that is 0 (all-zero reference), rounded to the working
+                   dtype. The floor keeps near-zero reference entries from dominating. It is global, so it
+                   is only known at the end of the pass: max_rel candidates are screened with a running
+                   lower bound of the floor, keeping every element that could still be the maximum for some
+                   final floor (exact; see ``_Acc._rel_theta`` / ``_Acc._rel``). ``rel_floor=`` or
+                   ``ref_absmax=`` (max|ref|, if already known) fix it up front and spare the max/min of
+                   ref. When the candidates pile up (e.g. pure relative errors), the rest of ``ref`` is
+                   scanned once for its max|ref| and the floor is fixed from there on; a floor that
+                   underflows to 0 (plain |Δ|/|ref|, as in the formula) costs one extra pass.
 * ``cosine``       cos(ref, sub) in float64; 1 when both are all-zero, 0 when exactly one is. Evaluated as
                    1 − (‖Δ‖² − (‖sub‖−‖ref‖)²) / (2‖ref‖‖sub‖) from Σ Δ², Σ Δ·ref and Σ ref², so 1 − cos
                    keeps its relative precision even at 1e-14 (a plain dot/norm product would not).
 * ``rel_fro``      ‖Δ‖₂ / ‖ref‖₂; when ‖ref‖ = 0 it is 0 if Δ = 0 and +inf otherwise.
 * ``p99_abs``      99th percentile of |Δ|, nearest rank: the smallest value v with at least 99% of the
-                   compared |Δ| <= v. EXACT (no histogram binning): after the first chunk a threshold τ is
-                   set at the top 2% of what was seen and every |Δ| > τ is kept (~2% of n, plus one chunk;
-                   re-thresholded if it grows past 5%); if at the end fewer than 1% are above τ (strongly
-                   non-stationary data), one extra pass finds the exact value below τ.
+                   compared |Δ| <= v. EXACT (no histogram binning): values above a threshold hi are only
+                   counted, those in a band [lo, hi] are kept. The band is placed from a sample of the first
+                   chunk and narrowed as data comes in (±6 standard deviations of the predicted final rank;
+                   ~1e-3..1e-5 of the values are kept); if the final rank falls outside it (strongly
+                   non-stationary data), one extra pass finds the exact value above hi / below lo.
 * ``n_outside``    elements that are not close in ``numpy.isclose(sub, ref, rtol, atol, equal_nan=True)``
                    sense: finite pairs with |Δ| > atol + rtol·|ref| (same float arithmetic as numpy), plus
                    positions where the non-finite values disagree (NaN vs number, Inf vs anything but the
@@ -57,6 +78,7 @@ from typing import Any
 
 import numpy as np
 
+from parity.errors import ParityError
 from parity.errors import ParityError
 
 DEFAULT_CHUNK_ELEMS = 131072
@@ -175,6 +197,11 @@ class _Source:
         np.copyto(out, src, casting="unsafe")
         return out
 
+    def take(self, pos: np.ndarray) -> np.ndarray:
+        """The values at flat positions ``pos``, converted like ``get`` does."""
+        v = self.flat[pos] if self.contig else self.a.flat[pos]
+        return v if v.dtype == self.work else v.astype(self.work)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # order statistics without a full partition (np.partition costs ~10 ns/element)
@@ -227,212 +254,55 @@ class _TopK:
         return self.thr
 
 
-class _Work:
-    """dtype-specific constants and reusable chunk buffers."""
+# ----------------------------------------------------------------------------------------------------------
+# thresholds: comparisons of a float32 array with a Python float round the float to float32 (numpy 1.26
+# value-based casting), so every threshold is first rounded in the safe direction.
 
-    def __init__(self, dtype: np.dtype, size: int, atol: float, rtol: float):
-        self.dtype = dtype
-        self.atol = dtype.type(atol)
-        self.rtol = dtype.type(rtol)
-        self.eps = float(np.finfo(dtype).eps)
-        self.d = np.empty(size, dtype)
-        self.ones = np.ones(size, dtype)
-        self.mask = np.empty(size, bool)
-
-
-_P99_SPEC = 0.02  # fraction of |Δ| kept above the speculative p99 threshold (needs >= 1%)
+def _below(x: float, dt: np.dtype):
+    """The largest value of dtype ``dt`` that is <= x: for a ``dt`` array, ``a > _below(x)`` == ``a > x``."""
+    v = dt.type(x)
+    if float(v) > x:
+        v = np.nextafter(v, dt.type(-np.inf))
+    return v
 
 
-class _Acc:
-    """Running state of one compute_metrics pass.
+def _above(x: float, dt: np.dtype):
+    """The smallest value of dtype ``dt`` that is >= x: ``a >= _above(x)`` == ``a >= x``."""
+    v = dt.type(x)
+    if float(v) < x:
+        v = np.nextafter(v, dt.type(np.inf))
+    return v
 
-    Every chunk contributes its four BLAS partial sums; then ONE comparison |Δ| > θ picks the few
-    "candidate" elements that could still change any order-statistic metric, with
-    θ = min(max(0, max_e), atol, τ, max_rel·floor): an element at or below θ cannot raise the max |Δ|, the
-    min passing atol, the max relative error, be outside the tolerance, or be above the p99 threshold τ.
-    Only the candidates are gathered and worked on.
-    """
 
-    def __init__(self, n: int, work: np.dtype, chunk: int, atol: float, rtol: float, floor: float):
-        self.n = n
-        self.chunk = chunk
-        self.atol = float(atol)
-        self.rtol = float(rtol)
-        self.w = _Work(work, chunk, atol, rtol)
-        self.floor = floor
-        self.n_c = 0
-        self.s_abs = 0.0
-        self.s_dd = 0.0
-        self.s_dr = 0.0
-        self.s_rr = 0.0
-        self.max_abs = -1.0
-        self.argmax = None
-        self.ref_at = None
-        self.sub_at = None
-        self.max_e = -math.inf
-        self.n_out = 0
-        self.max_rel = 0.0
-        self.nan_r = self.nan_s = self.inf_r = self.inf_s = 0
-        self.n_mism = 0
-        self.first_mism = None
-        # p99: every |Δ| > tau is kept (tau is speculative; verified at the end, else one more pass)
-        self.tau = -math.inf
-        self.kept: list[np.ndarray] = []
-        self.kept_n = 0
-        self.cap = int(0.05 * n) + 2 * chunk
-        self.theta = -math.inf
+def _floor_of(amax: float, work: np.dtype) -> float:
+    """The default relative-error floor for max |ref| = ``amax``, rounded to the working dtype (it
+    underflows to 0 only for references below ~1e-42 in float32; max_rel is then |Δ|/|ref| as is)."""
+    return float(work.type(REL_FLOOR_FACTOR * amax if amax > 0 else REL_FLOOR_ZERO))
 
-    def _update_theta(self):
-        w = self.w
-        t = min(max(0.0, self.max_e), float(w.atol), self.tau,
-                self.max_rel * self.floor * (1.0 - 4.0 * w.eps))
-        self.theta = t
 
-    # -- one chunk -----------------------------------------------------------------------------------------
-    def consume(self, r: np.ndarray, s: np.ndarray, i: int):
-        m = r.shape[0]
-        w = self.w
-        d = w.d[:m]
-        np.subtract(s, r, out=d)
-        s_dr = float(np.dot(d, r))
-        s_rr = float(np.dot(r, r))
-        np.abs(d, out=d)
-        s_dd = float(np.dot(d, d))
-        s_abs = float(np.dot(d, w.ones[:m]))
-        if not math.isfinite(s_dd + s_dr + s_rr + s_abs):  # NaN/Inf in the chunk, or a float overflow
-            self._slow(r, s, i)
-            return
-        if (s_dd < _TINY_SUM and s_dd < s_abs) or (s_rr < _TINY_SUM and r.any()):  # float underflow
-            s_dd, s_dr, s_rr, s_abs = _sums64(r, s)
-        self.n_c += m
-        self.s_abs += s_abs
-        self.s_dd += s_dd
-        self.s_dr += s_dr
-        self.s_rr += s_rr
-        mask = w.mask[:m]
-        np.greater(d, self.theta, out=mask)
-        idx = np.flatnonzero(mask)
-        if idx.size:
-            self._candidates(w, d[idx], r[idx], s, idx, i)
+def _floor_lower_bound(amax: float, work: np.dtype) -> float:
+    """A value <= ``_floor_of(a)`` for EVERY a >= amax (the final max |ref| is only known at the end):
+    for amax > 0, a -> fl(1e-3·a) is monotone (monotone float64 product, monotone rounding); for amax = 0
+    the final floor may still be fl(1e-3·a) of any tiny a > 0, so 0."""
+    return float(work.type(REL_FLOOR_FACTOR * amax)) if amax > 0 else 0.0
 
-    def _candidates(self, w: _Work, ad, rc, s, idx, i):
-        """Work on the candidate elements (``ad`` = |Δ|, ``rc`` = ref there; ``s[idx]`` = sub there)."""
-        k = int(np.argmax(ad))
-        mx = float(ad[k])
-        if mx > self.max_abs:  # first occurrence wins ties
-            self.max_abs = mx
-            self.argmax = i + int(idx[k])
-            self.ref_at = float(rc[k])
-            self.sub_at = float(s[idx[k]])
-        # tolerance and relative error: only elements above their own threshold can matter
-        th2 = min(max(0.0, self.max_e), float(w.atol), self.max_rel * self.floor * (1.0 - 4.0 * w.eps))
-        if mx > th2:
-            if th2 > self.theta:
-                pick = ad > th2
-                ad2, ar = ad[pick], np.abs(rc[pick])
-            else:
-                ad2, ar = ad, np.abs(rc)
-            if w.rtol == 0:
-                emax = float(ad2.max())
-                t = None
-            else:
-                t = ar * w.rtol
-                emax = float((ad2 - t).max())
-            if emax > self.max_e:
-                self.max_e = emax
-            if mx > w.atol:  # numpy.isclose: |Δ| <= atol + rtol·|ref|, in the working dtype
-                lim = w.atol if t is None else t + w.atol
-                self.n_out += int(np.count_nonzero(ad2 > lim))
-            rel = float((ad2 / np.maximum(ar, ar.dtype.type(self.floor))).max())
-            if rel > self.max_rel:
-                self.max_rel = rel
-        if mx > self.tau:
-            sel = ad[ad > self.tau] if self.tau != -math.inf else ad
-            self.kept.append(sel)
-            self.kept_n += sel.size
-            if self.tau == -math.inf and self.n > self.chunk:
-                self._speculate()
-            elif self.kept_n > self.cap:
-                self._speculate()
-        self._update_theta()
 
-    def _speculate(self):
-        """Raise tau so that about 2% of the values seen so far stay above it."""
-        allv = np.concatenate(self.kept) if len(self.kept) > 1 else self.kept[0]
-        want = max(1, int(math.ceil(_P99_SPEC * self.n_c)))
-        if allv.size <= want:
-            return
-        tau = _kth_largest(allv, want)
-        keep = allv[allv > tau]
-        self.tau = tau
-        self.kept = [keep] if keep.size else []
-        self.kept_n = int(keep.size)
-
-    def _slow(self, r, s, i):
-        """A chunk with NaN/Inf (or an overflow of Δ): count, mask, accumulate the finite pairs in float64."""
-        m = r.shape[0]
-        fr = np.isfinite(r)
-        fs = np.isfinite(s)
-        nr = np.isnan(r)
-        ns = np.isnan(s)
-        nan_r = int(np.count_nonzero(nr))
-        nan_s = int(np.count_nonzero(ns))
-        self.nan_r += nan_r
-        self.nan_s += nan_s
-        self.inf_r += m - int(np.count_nonzero(fr)) - nan_r
-        self.inf_s += m - int(np.count_nonzero(fs)) - nan_s
-        both = fr & fs
-        mism = ~both & ~((nr & ns) | (r == s))  # NaN faces NaN, Inf faces the same Inf
-        nm = int(np.count_nonzero(mism))
-        if nm:
-            self.n_mism += nm
-            if self.first_mism is None:
-                self.first_mism = i + int(np.flatnonzero(mism)[0])
-        idx = np.flatnonzero(both)
-        if idx.size == 0:
-            return
-        rc = r[idx]
-        sc = s[idx]
-        w = self.w
-        d = sc - rc
-        if not np.isfinite(d).all():  # Δ overflows the working dtype: work in float64
-            rc, sc = rc.astype(np.float64), sc.astype(np.float64)
-            d = sc - rc
-            w = _Work(np.dtype(np.float64), 0, self.atol, self.rtol)
-        s_dd, s_dr, s_rr, s_abs = _sums64(rc, sc)
-        self.s_dd += s_dd
-        self.s_dr += s_dr
-        self.s_rr += s_rr
-        self.s_abs += s_abs
-        self.n_c += idx.size
-        np.abs(d, out=d)
-        cand = np.flatnonzero(d > self.theta)
-        if cand.size:
-            self._candidates(w, d[cand], rc[cand], s, idx[cand], i)
-
-    # -- final ---------------------------------------------------------------------------------------------
-    def final_p99(self, src_r: "_Source", src_s: "_Source") -> float:
-        if self.n_c == 0:
-            return math.nan
-        k = self.n_c - (P99_PERCENT * self.n_c + 99) // 100 + 1  # nearest rank, counted from the top
-        if self.kept_n >= k:
-            allv = np.concatenate(self.kept) if len(self.kept) > 1 else self.kept[0]
-            return _kth_largest(allv, k)
-        # the speculative tau was too high (non-stationary data): one more pass over the values <= tau
-        top = _TopK(k - self.kept_n, self.chunk)
-        tau = self.tau
-        for i in range(0, self.n, self.chunk):
-            j = min(self.n, i + self.chunk)
-            r, s = src_r.get(i, j), src_s.get(i, j)
-            ad = np.abs(s - r)
-            both = np.isfinite(r) & np.isfinite(s)
-            if not both.all():
-                ad = np.abs(s[both] - r[both])
-            top.add(ad[ad <= tau])
-        return top.result()
+def _word_view():
+    """(dtype, W) to scan bool masks W bytes at a time. float64 compares are the fastest vectorized
+    ones, but the words are subnormal doubles: if denormals-are-zero is on (a library built with
+    -ffast-math), they would compare equal to 0, so then uint32 words are used."""
+    if bool((np.full(64, 5e-324) != 0.0).all()):
+        return np.dtype(np.float64), 8
+    return np.dtype(np.uint32), 4
 
 
 _TINY_SUM = 1e-30
+_Z = 6.0               # p99 band half-width, in standard deviations of the predicted rank
+_SAMPLE = 16384        # size of the strided sample that places the first p99 band
+_SAMPLE_MIN = 32768    # smaller first chunks are kept whole until _NARROW_MIN values are seen
+_NARROW_MIN = 65536
+_DENSE = 4             # more than 1/_DENSE candidate words in a chunk: work on the whole chunk, no gather
+_QUEUE = 16384         # queued words before _flush
 
 
 def _sums64(r, s):
@@ -442,20 +312,582 @@ def _sums64(r, s):
             float(np.abs(d64).sum()))
 
 
-def _max_abs_finite(src: "_Source", n: int, chunk: int) -> float:
-    """max |ref| over the finite reference values (the pre-scan that fixes the default rel floor)."""
-    best = 0.0
-    for i in range(0, n, chunk):
-        r = src.get(i, min(n, i + chunk))
-        hi = float(np.maximum.reduce(r))
-        lo = float(np.minimum.reduce(r))
-        if not (math.isfinite(hi) and math.isfinite(lo)):
-            r = r[np.isfinite(r)]
-            if r.size == 0:
-                continue
-            hi, lo = float(r.max()), float(r.min())
-        best = max(best, hi, -lo)
-    return best
+def _finite_absdiff(r: np.ndarray, s: np.ndarray):
+    """(|Δ|, ref) over the positions where both are finite, exactly as the main pass computes them.
+
+    Δ is computed in the working dtype; a chunk where that overflows is redone in float64 (fallback passes
+    only; the main pass makes the same choice per chunk).
+    """
+    fin = np.isfinite(r) & np.isfinite(s)
+    if not fin.all():
+        r, s = r[fin], s[fin]
+    d = s - r
+    if not np.isfinite(d).all():
+        r = r.astype(np.float64)
+        d = s.astype(np.float64) - r
+    return np.abs(d), r
+
+
+class _Acc:
+    """Running state of one compute_metrics pass (see the module docstring for the plan).
+
+    Per full NaN-free chunk (consume + _fast): Δ = sub − ref, |Δ|, four BLAS dots, max/min of ref (only
+    while the rel floor is unknown), one comparison with θ for the candidates and two (plus a count) for
+    the p99 band, each followed by a word scan. Everything else runs on few elements: the candidates
+    (|Δ| > θ = min(max_abs, max(0, max_e), atol, θ_rel), rare on a passing probe) and the band values.
+    Chunks with NaN/Inf or a float overflow (_slow), partial chunks and chunk sizes that are not a multiple
+    of the word size (_values) take plain masked paths with the same semantics.
+    """
+
+    def __init__(self, n: int, work: np.dtype, chunk: int, atol: float, rtol: float, floor: float | None):
+        self.n = n
+        self.work = work
+        self.chunk = chunk
+        self.atol = float(atol)
+        self.rtol = float(rtol)
+        self.atol_w = float(work.type(atol))
+        self.eps = float(np.finfo(work).eps)
+        self.d = np.empty(chunk, work)
+        self.ones = np.ones(chunk, work)
+        self.m1 = np.empty(chunk, bool)
+        self.m2 = np.empty(chunk, bool)
+        # word-level scans of the bool masks: numpy's nonzero/boolean indexing cost ~0.15 ns per mask byte
+        # plus ~20 ns per hit, so the masks are first scanned W bytes at a time (one vectorized compare of
+        # m/W words viewed as `wdt`), and only the few words with a hit are looked at
+        self.wdt, self.W = _word_view()
+        self.wf = np.empty(chunk // self.W, bool)
+        self.word_ok = chunk % self.W == 0
+        self.m1w = self.m1.view(self.wdt) if self.word_ok else None
+        self.m2w = self.m2.view(self.wdt) if self.word_ok else None
+        self.th_last = None  # θ and its working-dtype rounding, cached
+        self.th_w = None
+        self.d8 = self.d.reshape(-1, self.W) if self.word_ok else None
+        self.queue: list[tuple] = []  # (word indices, |Δ| of those words) of fast-path chunks (_flush)
+        self.queue_n = 0
+        self.src_r = self.src_s = None  # the _Source objects (candidates' ref/sub values are read there)
+        self.sbuf = self.cbuf = None  # buffers of the masked path, allocated on first use
+        self.tbuf = self.tbool = None  # scratch of _candidates / _rel (see _scratch)
+        self.done = 0  # positions consumed
+        # sums
+        self.n_c = 0
+        self.s_abs = self.s_dd = self.s_dr = self.s_rr = 0.0
+        # order statistics
+        self.max_abs = -1.0
+        self.argmax = None
+        self.ref_at = None
+        self.sub_at = None
+        self.max_e = -math.inf
+        self.n_out = 0
+        # relative error. floor known: rel_lo is the exact running max. Otherwise ("lazy floor") the final
+        # floor F is only known at the end; F_lo <= F is a running lower bound, and every element that
+        # might still be the argmax for some F >= F_lo is kept (|Δ|, |ref|) in `cand` (see _rel).
+        self.known = floor is not None
+        self.amax = 0.0
+        self.F_lo = floor if self.known else _floor_lower_bound(0.0, work)
+        self.rel_lo = 0.0
+        self.rel_k = None  # (|Δ|, |ref|) of the element that set rel_lo
+        self.theta_rel = 0.0
+        self.cand: list[tuple[np.ndarray, np.ndarray]] = []
+        self.cand_n = 0
+        self.cand_cap = max(chunk // 2, 16384)  # more: _fix_floor
+        self.rel_pass = self.known and not floor > 0  # floor 0: max_rel from one more pass at the end
+        if self.rel_pass:
+            self.theta_rel = math.inf
+        # non-finite
+        self.nan_r = self.nan_s = self.inf_r = self.inf_s = 0
+        self.n_mism = 0
+        self.first_mism = None
+        # p99 band: c_hi values > hi were counted, the values in [lo, hi] are kept in b_parts
+        # (mode 0: everything kept, no band yet; 1: band; 2: lo == hi, only b_eq = count(== lo) is kept)
+        self.b_mode = 0
+        self.b_lo = -math.inf
+        self.b_hi = math.inf
+        self.b_parts: list[np.ndarray] = []
+        self.b_n = 0
+        self.b_eq = 0
+        self.c_hi = 0
+        self.b_next = 0
+        self.b_cap = 0
+        self.b_thr = {}
+        self.b_thr_w = None  # (hi, lo) rounded for comparisons in the working dtype
+
+    # -- one chunk -----------------------------------------------------------------------------------------
+    def consume(self, r: np.ndarray, s: np.ndarray, i: int):
+        m = r.shape[0]
+        self.done = i + m
+        full = m == self.chunk
+        d = self.d if full else self.d[:m]
+        np.subtract(s, r, out=d)
+        s_dr = float(np.dot(d, r))
+        s_rr = float(np.dot(r, r))
+        np.abs(d, out=d)
+        s_dd = float(np.dot(d, d))
+        s_abs = float(np.dot(d, self.ones if full else self.ones[:m]))
+        if not math.isfinite(s_dd + s_dr + s_rr + s_abs):  # NaN/Inf in the chunk, or a float overflow
+            self._slow(r, s, i)
+        else:
+            if (s_dd < _TINY_SUM and s_dd < s_abs) or (s_rr < _TINY_SUM and r.any()):  # float underflow
+                s_dd, s_dr, s_rr, s_abs = _sums64(r, s)
+            self.n_c += m
+            self.s_abs += s_abs
+            self.s_dd += s_dd
+            self.s_dr += s_dr
+            self.s_rr += s_rr
+            if not self.known:
+                hi = float(np.maximum.reduce(r))
+                lo = float(np.minimum.reduce(r))
+                a = hi if hi >= -lo else -lo
+                if a > self.amax:
+                    self._raise_amax(a)
+            if full and self.word_ok:
+                self._fast(d, r, s, i)
+            else:
+                self._flush()
+                self._values(d, r, s, i, None)
+        if self.b_mode < 2 and (self.n_c >= self.b_next or self.b_n > self.b_cap):
+            self._narrow()
+
+    def _fast(self, ad, rr, ss, base):
+        """Order statistics of a full NaN-free chunk (in the chunk buffer; length a multiple of W).
+
+        Candidates: the W-element words holding some |Δ| > θ are found by one comparison and a word
+        scan; their |Δ| are queued, and _flush works on them in batches (position order), reading ref/sub
+        only at the candidates' positions. Extra elements in those words are harmless: _candidates is
+        exact for any superset of the candidates. p99 band: count |Δ| > hi, keep the |Δ| in [lo, hi],
+        picked from the few words holding one.
+        """
+        m1, wf, W = self.m1, self.wf, self.W
+        th = self._theta()
+        if th != self.th_last:
+            self.th_last = th
+            self.th_w = _below(th, self.work)
+        np.greater(ad, self.th_w, out=m1)
+        np.not_equal(self.m1w, 0, out=wf)
+        w = wf.nonzero()[0]
+        if w.size:
+            if w.size * _DENSE > wf.size:  # dense (failing probe): no gather
+                self._flush()
+                self._candidates(ad, rr, ss, base, None)
+            else:
+                self.queue.append((w + base // W, self.d8.take(w, axis=0)))
+                self.queue_n += w.size
+                if self.queue_n > _QUEUE:
+                    self._flush()
+        if self.b_mode != 1:
+            self._band(ad)
+            return
+        hi_t, lo_t = self.b_thr_w
+        np.greater(ad, hi_t, out=m1)
+        self.c_hi += int(np.count_nonzero(m1))
+        np.greater_equal(ad, lo_t, out=self.m2)
+        np.not_equal(self.m2w, self.m1w, out=wf)  # words with some lo <= |Δ| <= hi
+        w = wf.nonzero()[0]
+        if w.size:
+            v = self.d8.take(w, axis=0)
+            v = v[(v >= lo_t) & (v <= hi_t)]
+            self.b_parts.append(v)
+            self.b_n += v.size
+
+    def _slow(self, r, s, i):
+        """A chunk with NaN/Inf (or a float overflow): count and compare the non-finite values, then the
+        order statistics and sums of the finite pairs (compacted into buffers; float64 sums if needed)."""
+        self._flush()  # keep candidates in position order (first occurrence of the max wins)
+        m = r.shape[0]
+        if self.sbuf is None:
+            self.sbuf = np.empty((6, self.chunk), bool)
+            self.cbuf = np.empty((2, self.chunk), self.work)
+        fr, fs, both, nr, ns, mism = (b[:m] for b in self.sbuf)
+        np.isfinite(r, out=fr)
+        np.isfinite(s, out=fs)
+        np.logical_and(fr, fs, out=both)
+        nb = int(np.count_nonzero(both))
+        if nb < m:
+            np.isnan(r, out=nr)
+            np.isnan(s, out=ns)
+            nan_r = int(np.count_nonzero(nr))
+            nan_s = int(np.count_nonzero(ns))
+            self.nan_r += nan_r
+            self.nan_s += nan_s
+            self.inf_r += m - int(np.count_nonzero(fr)) - nan_r
+            self.inf_s += m - int(np.count_nonzero(fs)) - nan_s
+            # mismatch: not both finite, and neither NaN facing NaN nor Inf facing the same Inf
+            np.logical_and(nr, ns, out=nr)
+            np.equal(r, s, out=ns)
+            np.logical_or(nr, ns, out=nr)
+            np.logical_or(nr, both, out=nr)
+            np.logical_not(nr, out=mism)
+            nm = int(np.count_nonzero(mism))
+            if nm:
+                self.n_mism += nm
+                if self.first_mism is None:
+                    self.first_mism = i + int(np.argmax(mism))
+        if not self.known:  # the floor is defined by every finite reference value, whatever sub holds
+            if nb < m:
+                hi = float(np.maximum.reduce(r, where=fr, initial=-np.inf))
+                lo = float(np.minimum.reduce(r, where=fr, initial=np.inf))
+            else:
+                hi = float(np.maximum.reduce(r))
+                lo = float(np.minimum.reduce(r))
+            a = hi if hi >= -lo else -lo
+            if a > self.amax:
+                self._raise_amax(a)
+        if nb == 0:
+            return
+        if nb < m:
+            rc = np.compress(both, r, out=self.cbuf[0, :nb])
+            sc = np.compress(both, s, out=self.cbuf[1, :nb])
+            pos = both
+        else:
+            rc, sc, pos = r, s, None
+        d = np.subtract(sc, rc, out=self.d[:nb])
+        if not np.isfinite(d, out=mism[:nb]).all():  # Δ overflows the working dtype: work in float64
+            rc, sc = rc.astype(np.float64), sc.astype(np.float64)
+            d = sc - rc
+        s_dr = float(np.dot(d, rc))
+        s_rr = float(np.dot(rc, rc))
+        ad = np.abs(d, out=d)
+        s_dd = float(np.dot(ad, ad))
+        s_abs = float(np.dot(ad, self.ones[:nb])) if ad.dtype == self.work else float(ad.sum())
+        if (not math.isfinite(s_dd + s_dr + s_rr + s_abs) or (s_dd < _TINY_SUM and s_dd < s_abs)
+                or (s_rr < _TINY_SUM and rc.any())):  # float32 sums overflow or underflow
+            s_dd, s_dr, s_rr, s_abs = _sums64(rc, sc)
+        self.s_dd += s_dd
+        self.s_dr += s_dr
+        self.s_rr += s_rr
+        self.s_abs += s_abs
+        self.n_c += nb
+        self._values(ad, rc, sc, i, pos)
+
+    def _values(self, ad, rr, ss, base, pos):
+        """Order statistics of one chunk's finite pairs: |Δ| ``ad``, ref ``rr``, sub ``ss``; element j sits at
+        flat position base + (j if pos is None else pos[j]); ``pos`` may also be given as the bool mask of
+        the chunk positions the values were compressed from."""
+        th = min(self.max_abs, self.max_e if self.max_e > 0.0 else 0.0, self.atol_w, self.theta_rel)
+        if float(np.maximum.reduce(ad)) > th:
+            if pos is not None and pos.dtype == bool:
+                pos = np.flatnonzero(pos)
+            m = ad.shape[0]
+            mask = self.m1[:m]
+            np.greater(ad, _below(th, ad.dtype), out=mask)
+            if int(np.count_nonzero(mask)) * _DENSE > m:
+                self._candidates(ad, rr, ss, base, pos)
+            else:
+                sel = np.flatnonzero(mask)
+                self._candidates(ad[sel], rr[sel], ss[sel], base, sel if pos is None else pos[sel])
+        self._band(ad)
+
+    def _theta(self) -> float:
+        """Elements with |Δ| <= θ cannot change max_abs (ties keep the first), min_passing_atol, n_outside
+        (|Δ| <= atol is always close) or max_rel (see _rel_theta)."""
+        return min(self.max_abs, self.max_e if self.max_e > 0.0 else 0.0, self.atol_w, self.theta_rel)
+
+    def _flush(self):
+        """Work on the queued words: every |Δ| > θ (θ as of now: a later θ is as valid) with its position."""
+        if not self.queue:
+            return
+        q = self.queue
+        self.queue = []
+        self.queue_n = 0
+        W = self.W
+        wg = np.concatenate([w for w, _ in q]) if len(q) > 1 else q[0][0]
+        v = (np.concatenate([x for _, x in q]) if len(q) > 1 else q[0][1]).reshape(-1)
+        sel = np.flatnonzero(v > _below(self._theta(), v.dtype))
+        if sel.size:
+            pos = wg[sel // W] * W + sel % W
+            self._candidates(v[sel], self.src_r.take(pos), self.src_s.take(pos), 0, pos)
+
+    # -- candidates ----------------------------------------------------------------------------------------
+    def _scratch(self, m: int, dt: np.dtype):
+        """Three float and two bool work arrays of length m. numpy temporaries of chunk size cost a page
+        fault per 4 KiB here (fresh memory every time), more than the arithmetic, so chunk buffers are
+        reused whenever they fit."""
+        if m <= self.chunk and dt == self.work:
+            if self.tbuf is None:
+                self.tbuf = np.empty((3, self.chunk), self.work)
+                self.tbool = np.empty((2, self.chunk), bool)
+            return (self.tbuf[0, :m], self.tbuf[1, :m], self.tbuf[2, :m], self.tbool[0, :m], self.tbool[1, :m])
+        return (np.empty(m, dt), np.empty(m, dt), np.empty(m, dt), np.empty(m, bool), np.empty(m, bool))
+
+    def _candidates(self, ad, rc, sc, base, pos):
+        """Exact updates from a subset holding every element with |Δ| > θ (formulas as in the docstring)."""
+        wt = ad.dtype.type
+        k = int(np.argmax(ad))
+        mx = float(ad[k])
+        if mx > self.max_abs:  # first occurrence wins ties
+            self.max_abs = mx
+            self.argmax = base + (k if pos is None else int(pos[k]))
+            self.ref_at = float(rc[k])
+            self.sub_at = float(sc[k])
+        f0, f1, f2, b0, _ = self._scratch(ad.shape[0], ad.dtype)
+        ar = np.abs(rc, out=f0)
+        t = np.multiply(ar, wt(self.rtol), out=f1) if self.rtol != 0 else None
+        if mx > self.atol_w:  # numpy.isclose: |Δ| <= atol + rtol·|ref|, in the working dtype
+            lim = wt(self.atol) if t is None else np.add(t, wt(self.atol), out=f2)
+            self.n_out += int(np.count_nonzero(np.greater(ad, lim, out=b0)))
+        if mx > self.max_e:
+            em = mx if t is None else float(np.subtract(ad, t, out=f2).max())
+            if em > self.max_e:
+                self.max_e = em
+        if mx > self.theta_rel and not self.rel_pass:
+            self._rel(ad, ar)
+
+    def _rel_theta(self, dk: float, rk: float) -> float:
+        """θ_rel from a kept element k (|Δ_k| = dk, |ref_k| = rk).
+
+        Claim: an element j with |Δ_j| <= dk·F_lo / max(rk, F_lo) has rel_j(F) <= rel_k(F) for every floor
+        F >= F_lo, where rel(F) = |Δ| / max(|ref|, F). Proof: rel_j(F) <= |Δ_j| / F, and
+        dk·F_lo / (max(rk, F_lo)·F) <= dk / max(rk, F) because F_lo·max(rk, F) <= F·max(rk, F_lo) (check
+        the three orders of rk, F_lo <= F). Both sides are then rounded by the same monotone division, so
+        the inequality survives floating point; the (1 − 4 eps) factor covers the two float64 roundings
+        here and the rounding of θ to the working dtype. So j can never be the maximum: it is skipped.
+        """
+        F = self.F_lo
+        if not F > 0:
+            return 0.0
+        return dk * (F / max(rk, F)) * (1.0 - 4.0 * self.eps)
+
+    def _rel(self, ad, ar):
+        """max_rel from candidates (|Δ| ``ad``, |ref| ``ar``; ``ar`` may be a scratch array)."""
+        dt = ad.dtype
+        _, f1, _, b0, b1 = self._scratch(ad.shape[0], dt)
+        if self.theta_rel > 0 and ad.size > 64:  # only |Δ| > θ_rel can matter (see _rel_theta)
+            sel = np.greater(ad, _below(self.theta_rel, dt), out=b0)
+            if int(np.count_nonzero(sel)) * _DENSE < ad.size:
+                ad, ar = ad[sel], ar[sel]
+                if ad.size == 0:
+                    return
+                _, f1, _, b0, b1 = self._scratch(ad.shape[0], dt)
+        rel = np.divide(ad, np.maximum(ar, dt.type(self.F_lo), out=f1), out=f1)
+        k = int(np.argmax(rel))
+        rk = float(rel[k])
+        if self.known:
+            if rk > self.rel_lo:
+                self.rel_lo = rk
+                self.theta_rel = max(self.theta_rel, self._rel_theta(float(ad[k]), float(ar[k])))
+            return
+        # Lazy floor: keep (in `cand`, re-evaluated with the final floor at the end) every element that is
+        # neither under θ_rel nor dominated by the batch's max-rel element k or its max-|Δ| element k2.
+        # j is dominated by k when |Δ_j| <= |Δ_k| and rel_j(F_lo) <= rel_k(F_lo): then rel_j(F) <= rel_k(F)
+        # for all F >= F_lo. (For F >= max(|ref_j|, |ref_k|) both are |Δ|/F; if |ref_j| >= |ref_k| it holds
+        # for every F; otherwise, for F < |ref_k|, rel_j(F) <= rel_j(F_lo) <= rel_k(F_lo) = rel_k(F) as
+        # rel_k is flat there. Each step is a monotone correctly rounded operation, so it holds in floats.)
+        k2 = int(np.argmax(ad))
+        keep = np.greater(ad, _below(self.theta_rel, dt), out=b0)
+        if ad.size > 64:
+            np.logical_and(keep, np.greater(ad, ad[k], out=b1), out=keep)
+            np.logical_and(keep, np.greater(rel, rel[k2], out=b1), out=keep)
+            keep[k] = keep[k2] = True
+        if not keep.all():
+            ad, ar, rel = ad[keep], ar[keep], rel[keep]
+            if ad.size == 0:
+                return
+            k = int(np.argmax(rel))
+            rk = float(rel[k])
+        else:
+            ad, ar = ad.copy(), ar.copy()  # may be chunk / scratch buffers
+        if rk > self.rel_lo or self.rel_k is None:
+            self.rel_lo = rk
+            self.rel_k = (float(ad[k]), float(ar[k]))
+            self.theta_rel = max(self.theta_rel, self._rel_theta(*self.rel_k))
+        self.cand.append((ad, ar))
+        self.cand_n += ad.size
+        if self.cand_n > self.cand_cap and self.done < self.n:
+            self._fix_floor()
+
+    def _raise_amax(self, a: float):
+        """A larger max |ref| raises F_lo. O(1): θ_rel only tightens from the element that set it (k stays a
+        valid witness, and dk·F/max(rk, F) grows with F)."""
+        self.amax = a
+        f = _floor_lower_bound(a, self.work)
+        if f > self.F_lo:
+            self.F_lo = f
+            if self.rel_k is not None:
+                dk, rk = self.rel_k
+                wt = self.work.type
+                self.rel_lo = float(wt(dk) / max(wt(rk), wt(f)))
+                self.theta_rel = max(self.theta_rel, self._rel_theta(dk, rk))
+
+    def _fix_floor(self):
+        """The lazy-floor candidates keep piling up (e.g. pure relative errors, where |Δ| alone cannot rule
+        out an element): read max |ref| of the rest of the reference now (one ref-only scan of what is
+        left), so the floor is final, and continue with the exact running max_rel."""
+        a = self.amax
+        for i in range(self.done, self.n, self.chunk):
+            r = self.src_r.get(i, min(self.n, i + self.chunk))
+            hi = float(np.maximum.reduce(r))
+            lo = float(np.minimum.reduce(r))
+            if not (math.isfinite(hi) and math.isfinite(lo)):
+                fr = np.isfinite(r)
+                hi = float(np.maximum.reduce(r, where=fr, initial=-np.inf))
+                lo = float(np.minimum.reduce(r, where=fr, initial=np.inf))
+            a = max(a, hi, -lo)
+        self.amax = a
+        floor = _floor_of(a, self.work)
+        self.known = True
+        self.F_lo = floor
+        cand, self.cand, self.cand_n = self.cand, [], 0
+        self.rel_lo = 0.0
+        self.theta_rel = 0.0
+        if not floor > 0:
+            self.rel_pass = True
+            self.theta_rel = math.inf
+            return
+        for ad, ar in cand:  # every element that could be the maximum for this floor is in cand
+            self._rel(ad, ar)
+
+    # -- p99 -----------------------------------------------------------------------------------------------
+    def _band(self, ad):
+        """p99: count |Δ| > hi, keep the |Δ| in [lo, hi] (a narrow band around the predicted p99)."""
+        if self.b_mode == 0:
+            if not self.b_parts and ad.size >= _SAMPLE_MIN:
+                self._band_from_sample(ad)
+            else:
+                self.b_parts.append(ad.copy())
+                self.b_n += ad.size
+                return
+        dt = ad.dtype
+        thr = self.b_thr.get(dt)
+        if thr is None:
+            thr = self.b_thr[dt] = (_below(self.b_hi, dt), _above(self.b_lo, dt))
+        m = ad.shape[0]
+        mh = self.m1[:m]
+        np.greater(ad, thr[0], out=mh)
+        c = int(np.count_nonzero(mh))
+        self.c_hi += c
+        if self.b_mode == 2:
+            self.b_eq += int(np.count_nonzero(np.greater_equal(ad, thr[1], out=self.m2[:m]))) - c
+            return
+        ml = self.m2[:m]
+        np.greater_equal(ad, thr[1], out=ml)
+        np.not_equal(ml, mh, out=ml)  # lo <= |Δ| <= hi
+        v = ad[ml]
+        if v.size:
+            self.b_parts.append(v)
+            self.b_n += v.size
+
+    def _targets(self, n_seen: float, n_rest: float):
+        """Counts (c_h, c_l): the band should have at most c_h values above hi and at least c_l at/above lo
+        among the n_seen values, so that at the end the nearest-rank p99 (rank k from the top) lies in it.
+
+        With q = k/n, a threshold exceeded by c of the n_seen values will be exceeded by about
+        c·(n_seen + n_rest)/n_seen values at the end, with variance ~ q(1−q)·n_rest·(n_seen + n_rest)/n_seen
+        (binomial rest + error of the estimate of q); the band is ±_Z standard deviations wide. A wrong
+        guess only costs one extra pass (final_p99), never exactness.
+        """
+        n_est = n_seen + n_rest
+        k = n_est - (P99_PERCENT * n_est + 99) // 100 + 1
+        q = k / n_est
+        sig = math.sqrt(q * (1.0 - q) * n_rest * n_est / n_seen)
+        scale = n_seen / n_est
+        c_h = int(math.floor((k - 1 - _Z * sig) * scale)) - 1
+        c_l = int(math.ceil((k + _Z * sig) * scale)) + 1
+        return c_h, c_l
+
+    def _b_all(self) -> np.ndarray:
+        """The kept band values, as one array."""
+        if not self.b_parts:
+            return np.empty(0, self.work)
+        b = np.concatenate(self.b_parts) if len(self.b_parts) > 1 else self.b_parts[0]
+        self.b_parts = [b]
+        return b
+
+    def _set_band(self, lo: float, hi: float):
+        self.b_lo, self.b_hi = lo, hi
+        self.b_thr = {}
+        self.b_thr_w = (_below(hi, self.work), _above(lo, self.work))
+        self.b_mode = 2 if lo == hi else 1
+
+    def _band_from_sample(self, ad):
+        """First band, from a strided sample of the first chunk (as if the sample were all seen so far)."""
+        step = max(1, ad.size // _SAMPLE)
+        samp = ad[::step]
+        ns = samp.size
+        n_rest = max(self.n - ns, 0)
+        c_h, c_l = self._targets(ns, n_rest)
+        kth = [ns - j for j in (c_h + 1, c_l) if 1 <= j <= ns]
+        srt = np.partition(samp, kth) if kth else samp
+        hi = float(srt[ns - c_h - 1]) if 1 <= c_h + 1 <= ns else math.inf
+        lo = float(srt[ns - c_l]) if 1 <= c_l <= ns else -math.inf
+        self._set_band(lo, hi)
+        self.b_next = 2 * self.chunk
+        self.b_cap = 4 * self.chunk
+
+    def _narrow(self):
+        """Move lo up and hi down to the current targets (both moves only use kept values: exact)."""
+        self._flush()  # queued words were selected with the current lo/hi
+        n_rest = self.n - self.done
+        if n_rest <= 0 or self.n_c == 0:
+            self.b_next = math.inf
+            return
+        if self.b_mode == 0 and self.b_n < _NARROW_MIN:
+            self.b_next = self.n_c + 1
+            return
+        c_h, c_l = self._targets(self.n_c, n_rest)
+        b = self._b_all()
+        nb = b.size
+        rh = c_h + 1 - self.c_hi  # ranks from the top inside the band
+        rl = c_l - self.c_hi
+        kth = [nb - j for j in (rh, rl) if 1 <= j <= nb]
+        srt = np.partition(b, kth) if kth else b
+        hi = float(srt[nb - rh]) if 1 <= rh <= nb else self.b_hi
+        lo = float(srt[nb - rl]) if 1 <= rl <= nb else self.b_lo
+        if hi < self.b_hi:
+            self.c_hi += int(np.count_nonzero(b > hi))
+        b = b[(b >= lo) & (b <= hi)]
+        self._set_band(lo, hi)
+        if self.b_mode == 2:
+            self.b_eq = b.size
+            b = b[:0]
+        self.b_parts = [b]
+        self.b_n = b.size
+        self.b_next = 3 * self.n_c
+        self.b_cap = max(4 * self.chunk, 4 * b.size)
+
+    # -- final ---------------------------------------------------------------------------------------------
+    def _chunks(self, src_r: "_Source", src_s: "_Source"):
+        for i in range(0, self.n, self.chunk):
+            j = min(self.n, i + self.chunk)
+            yield src_r.get(i, j), src_s.get(i, j)
+
+    def final_p99(self, src_r: "_Source", src_s: "_Source") -> float:
+        if self.n_c == 0:
+            return math.nan
+        k = self.n_c - (P99_PERCENT * self.n_c + 99) // 100 + 1  # nearest rank, counted from the top
+        b = self._b_all()
+        inside = self.b_eq if self.b_mode == 2 else b.size
+        if self.c_hi < k <= self.c_hi + inside:
+            if self.b_mode == 2:
+                return self.b_lo
+            return _kth_largest(b, k - self.c_hi)
+        # the band missed (strongly non-stationary data): one more pass over the values above hi / below lo
+        above = k <= self.c_hi
+        top = _TopK(k if above else k - self.c_hi - inside, self.chunk)
+        for r, s in self._chunks(src_r, src_s):
+            ad, _ = _finite_absdiff(r, s)
+            top.add(ad[ad > _below(self.b_hi, ad.dtype)] if above else ad[ad < _above(self.b_lo, ad.dtype)])
+        return top.result()
+
+    def final_rel(self, floor: float, src_r: "_Source", src_s: "_Source") -> float:
+        if self.rel_pass or not floor > 0:
+            # one more pass: the candidate set overflowed, or a zero floor (0/0 is NaN, x/0 is inf, as in
+            # the plain formula; the candidate logic assumes a positive floor)
+            best = 0.0
+            for r, s in self._chunks(src_r, src_s):
+                ad, rr = _finite_absdiff(r, s)
+                if ad.size:
+                    x = float((ad / np.maximum(np.abs(rr), ad.dtype.type(floor))).max())
+                    if not x <= best:
+                        best = x
+                        if math.isnan(x):
+                            break
+            return best
+        if self.known:
+            return self.rel_lo
+        best = 0.0
+        for ad, ar in self.cand:
+            if ad.size:
+                best = max(best, float((ad / np.maximum(ar, ad.dtype.type(floor))).max()))
+        return best
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -467,8 +899,8 @@ def compute_metrics(ref, sub, *, atol: float, rtol: float, rel_floor: float | No
 
     ``ref``/``sub``: same-shape real arrays (ndarray or memmap, any float dtype; ints/bools are accepted
     for masks). ``name`` is used in error messages. ``ref_absmax`` (max |ref| over finite values, if the
-    caller already knows it) spares the pre-scan that fixes the default ``rel_floor``. Raises
-    ``ParityError`` on a shape/dtype/argument problem.
+    caller already knows it) fixes the default ``rel_floor`` up front (the pass then skips its running
+    max |ref|). Raises ``ParityError`` on a shape/dtype/argument problem.
     """
     label = f"probe {name}" if name else "probe"
     ref = _as_array(ref, "reference", name)
@@ -491,21 +923,22 @@ def compute_metrics(ref, sub, *, atol: float, rtol: float, rel_floor: float | No
     src_r = _Source(ref, work, chunk)
     src_s = _Source(sub, work, chunk)
     with np.errstate(all="ignore"):
-        if rel_floor is None:
-            amax = _max_abs_finite(src_r, n, chunk) if ref_absmax is None else float(ref_absmax)
-            floor = REL_FLOOR_FACTOR * amax
-            if not floor > 0:
-                floor = REL_FLOOR_ZERO
+        if rel_floor is not None:
+            floor = float(work.type(float(rel_floor)))
+        elif ref_absmax is not None:
+            floor = _floor_of(float(ref_absmax), work)
         else:
-            floor = float(rel_floor)
-        floor = float(work.type(floor))
-        if not floor > 0:  # a tiny floor underflowing float32
-            floor = float(np.finfo(work).tiny)
+            floor = None  # fixed at the end from the running max |ref|
         acc = _Acc(n, work, chunk, atol, rtol, floor)
+        acc.src_r, acc.src_s = src_r, src_s
         for i in range(0, n, chunk):
             j = min(n, i + chunk)
             acc.consume(src_r.get(i, j), src_s.get(i, j), i)
+        acc._flush()
+        if floor is None:
+            floor = _floor_of(acc.amax, work)
         p99 = acc.final_p99(src_r, src_s)
+        max_rel = acc.final_rel(floor, src_r, src_s)
 
     nan = math.nan
     n_c = acc.n_c
@@ -517,7 +950,6 @@ def compute_metrics(ref, sub, *, atol: float, rtol: float, rel_floor: float | No
     else:
         max_abs = acc.max_abs
         mean_abs = acc.s_abs / n_c
-        max_rel = acc.max_rel
         p99_abs = min(p99, max_abs)
         min_pass = max(0.0, acc.max_e)
         argmax = tuple(int(x) for x in np.unravel_index(acc.argmax, shape)) if shape else ()
@@ -543,7 +975,6 @@ def compute_metrics(ref, sub, *, atol: float, rtol: float, rel_floor: float | No
         finite_ok=(acc.nan_r + acc.nan_s + acc.inf_r + acc.inf_s) == 0,
         first_nonfinite_mismatch=first_mism,
     )
-
 
 def _is_num(x) -> bool:
     return (isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool)

@@ -384,3 +384,191 @@ def test_property_matches_reference(data, chunk, atol, rtol):
             assert getattr(m, key) == exp[key], key
         assert m.mean_abs == pytest.approx(exp["mean_abs"], rel=1e-5, abs=1e-30)
     assert passed(m) == (exp["n_outside"] == 0 and m.finite_ok)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the fast paths of the chunked pass: word scans (chunk lengths that are multiples of 8), candidate queue,
+# p99 band (sampled first chunk, narrowing, degenerate band, fallback pass), running rel floor
+
+def _big_pair(rng, n, noise=1e-6, dtype=np.float32):
+    r = rng.standard_normal(n).astype(dtype)
+    s = (r.astype(np.float64) + noise * rng.standard_normal(n)).astype(dtype)
+    return r, s
+
+
+@pytest.mark.parametrize("chunk", [32768, 40000, 40001, 65536])  # 40001: not a multiple of the word size
+@pytest.mark.parametrize("atol,rtol", [(1e-5, 1e-5), (1e-6, 1e-6), (3e-6, 0.0), (0.0, 0.0)])
+def test_large_probe_passing_and_failing_chunks(chunk, atol, rtol):
+    rng = np.random.default_rng(11)
+    r, s = _big_pair(rng, 400_000)
+    m = compute_metrics(r, s, atol=atol, rtol=rtol, chunk_elems=chunk)
+    check(m, r, s, atol, rtol)
+    m2 = compute_metrics(r, s, atol=atol, rtol=rtol, chunk_elems=chunk, ref_absmax=float(np.abs(r).max()))
+    assert m2 == m
+
+
+def test_large_probe_half_failing_and_dense_chunks():
+    rng = np.random.default_rng(12)
+    r, s = _big_pair(rng, 500_000)
+    s[250_000:] += (1e-2 * rng.standard_normal(250_000)).astype(np.float32)  # every element fails there
+    s[100_000:100_050] += 1e-3  # a few failing elements inside passing chunks
+    m = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768)
+    check(m, r, s, 1e-5, 1e-5)
+    assert m.n_outside > 200_000
+    # 2% failing elements spread everywhere: ~15% of the words hold one (queued, not dense)
+    s2 = r.copy()
+    bad = rng.random(500_000) < 0.02
+    s2[bad] += 1e-3
+    m = compute_metrics(r, s2, atol=1e-5, rtol=0, chunk_elems=65536)
+    check(m, r, s2, 1e-5, 0)
+
+
+def test_candidate_queue_flushes(monkeypatch):
+    from parity import metrics as mod
+
+    rng = np.random.default_rng(20)
+    r, s = _big_pair(rng, 300_000)
+    s[rng.random(r.size) < 0.005] += 1e-4
+    want = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768)
+    monkeypatch.setattr(mod, "_QUEUE", 16)
+    got = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768)
+    assert got == want
+    check(got, r, s, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_probe_nonfinite_inside_fast_chunks(dtype):
+    rng = np.random.default_rng(13)
+    r, s = _big_pair(rng, 300_000, dtype=dtype)
+    s[1000] = r[1000] + 0.5  # the max |Δ| sits in a fast (NaN-free) chunk ...
+    r[70_000], s[70_000] = r[1000], s[1000]  # ... and again, later, in a chunk with NaN/Inf (a tie)
+    r[70_001] = np.nan
+    s[70_002] = np.inf
+    r[131_071] = s[131_071] = -np.inf  # on a chunk edge
+    s[299_999] = np.nan  # in the last (partial) chunk
+    m = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=65536)
+    check(m, r, s, 1e-5, 1e-5)
+    assert m.argmax_abs == (1000,) and not m.nonfinite_match and m.nan_ref == 1 and m.inf_sub == 2
+
+
+def test_large_probe_overflowing_difference_in_one_chunk():
+    rng = np.random.default_rng(14)
+    r, s = _big_pair(rng, 200_000)
+    r[150_000], s[150_000] = 3e38, -3e38
+    m = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768)
+    assert m.max_abs == pytest.approx(6e38, rel=1e-6) and m.argmax_abs == (150_000,)
+    assert m.n_outside == 1 and m.finite_ok
+    keep = np.ones(r.size, bool)
+    keep[150_000] = False
+    ad = np.abs(s[keep] - r[keep])
+    assert m.p99_abs == float(np.sort(ad)[-(-99 * (ad.size + 1) // 100) - 1])
+
+
+def test_running_rel_floor_late_large_reference():
+    """The default floor depends on max|ref|, only known at the end: a huge late value raises it 1000x."""
+    rng = np.random.default_rng(15)
+    r, s = _big_pair(rng, 400_000, noise=1e-3)
+    r[399_990] = s[399_990] = 5000.0
+    m = compute_metrics(r, s, atol=1, rtol=0, chunk_elems=32768)
+    check(m, r, s, 1, 0)
+    assert m.rel_floor == pytest.approx(5.0)
+    assert m == compute_metrics(r, s, atol=1, rtol=0, chunk_elems=32768, ref_absmax=5000.0)
+    # slowly growing reference scale (the floor rises chunk after chunk), and an all-zero prefix
+    r2 = (r * np.linspace(0, 100, r.size)).astype(np.float32)
+    s2 = (r2 + 1e-4 * rng.standard_normal(r.size)).astype(np.float32)
+    r2[:100_000] = 0
+    m = compute_metrics(r2, s2, atol=1, rtol=0, chunk_elems=32768)
+    check(m, r2, s2, 1, 0)
+
+
+def test_rel_floor_given_and_floor_dominated_max_rel():
+    rng = np.random.default_rng(16)
+    r, s = _big_pair(rng, 300_000)
+    r[5000], s[5000] = 0.0, 1e-5  # rel = 1e-5 / floor: only the floor bounds it
+    for fl in (None, 1e-3, 1e-9):
+        m = compute_metrics(r, s, atol=1e-5, rtol=1e-5, rel_floor=fl, chunk_elems=32768)
+        check(m, r, s, 1e-5, 1e-5, rel_floor=fl)
+
+
+def test_rel_candidates_adversarial_error_growth():
+    """|Δ| grows along the array while |Δ|/|ref| shrinks: every element stays a max_rel candidate until
+    the candidate set overflows and the floor is fixed from a scan of the rest of the reference."""
+    r = np.linspace(1, 1e4, 300_000)
+    s = r + 1e-3 * np.sqrt(r)
+    for rr, ss in ((r, s), (r[::-1], s[::-1]), (r.astype(np.float32), s.astype(np.float32))):
+        m = compute_metrics(rr, ss, atol=1, rtol=0, chunk_elems=8192)
+        check(m, rr, ss, 1, 0)
+    # pure relative errors (|Δ| = one ulp), with NaN and Inf in the part of ref scanned for the floor
+    rng = np.random.default_rng(21)
+    r = rng.standard_normal(300_000).astype(np.float32)
+    s = (r * np.float32(1 + 1e-7)).astype(np.float32)
+    r[299_000], r[299_100], s[299_200] = np.nan, -np.inf, np.inf  # in the last chunk
+    m = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=8192)
+    check(m, r, s, 1e-5, 1e-5)
+    r[299_500] = s[299_500] = -40.0  # the floor is set by the scanned part
+    m = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=8192)
+    check(m, r, s, 1e-5, 1e-5)
+    assert m.rel_floor == pytest.approx(0.04)
+
+
+def test_p99_band_identical_quantized_and_nonstationary():
+    rng = np.random.default_rng(17)
+    r = rng.standard_normal(300_000).astype(np.float32)
+    m = compute_metrics(r, r.copy(), atol=0, rtol=0, chunk_elems=65536)  # |Δ| = 0: degenerate band
+    assert m.p99_abs == 0 and m.max_abs == 0 and passed(m)
+    s = r + np.float32(2 ** -20) * rng.integers(-3, 4, r.size).astype(np.float32)  # few distinct |Δ|
+    m = compute_metrics(r, s, atol=1e-6, rtol=0, chunk_elems=65536)
+    check(m, r, s, 1e-6, 0)
+    # the band placed from the first chunk misses: errors grow (p99 above it) / shrink (below it)
+    for scale in (np.linspace(0, 1, r.size) ** 4, np.linspace(1, 0, r.size) ** 4):
+        s = (r + 1e-3 * scale * rng.standard_normal(r.size)).astype(np.float32)
+        m = compute_metrics(r, s, atol=1, rtol=0, chunk_elems=65536)
+        check(m, r, s, 1, 0)
+
+
+def test_word_scan_without_float64_words(monkeypatch):
+    """With denormals-are-zero active the masks are scanned as uint32 words; same results."""
+    from parity import metrics as mod
+
+    rng = np.random.default_rng(18)
+    r, s = _big_pair(rng, 200_000)
+    s[rng.random(r.size) < 0.01] += 1e-4
+    want = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768)
+    monkeypatch.setattr(mod, "_word_view", lambda: (np.dtype(np.uint32), 4))
+    got = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768)
+    assert got == want
+    check(got, r, s, 1e-5, 1e-5)
+
+
+def test_floor_underflowing_to_zero_follows_the_plain_formula():
+    """1e-3·max|ref| below the float32 range rounds to 0, exactly as in the reference formula."""
+    r = np.array([6.586e-44], np.float32)
+    m = compute_metrics(r, np.zeros(1, np.float32), atol=0, rtol=0)
+    assert m.rel_floor == 0.0 and m.max_rel == 1.0
+    r = np.array([1e-44, 0.0, 3e-45], np.float32)
+    s = np.array([2e-44, 1e-45, 3e-45], np.float32)
+    m = compute_metrics(r, s, atol=0, rtol=0, chunk_elems=2)
+    assert m.max_rel == math.inf and m.n_outside == 2
+    s[1] = 0.0  # 0/0
+    assert math.isnan(compute_metrics(r, s, atol=0, rtol=0).max_rel)
+    rng = np.random.default_rng(19)
+    r, s = _big_pair(rng, 100_000)
+    m = compute_metrics(r, s, atol=1e-5, rtol=1e-5, rel_floor=1e-50, chunk_elems=32768)
+    check(m, r, s, 1e-5, 1e-5, rel_floor=1e-50)
+    assert m.rel_floor == 0.0
+
+
+def test_fast_path_on_converted_and_strided_sources(tmp_path):
+    """Queued candidates read ref/sub back by position: memmaps, transposed views, float16 inputs."""
+    rng = np.random.default_rng(22)
+    r, s = _big_pair(rng, 300 * 700, noise=1e-3)
+    r, s = r.reshape(300, 700), s.reshape(300, 700)
+    s[123, 456] += 0.5
+    pr, ps = tmp_path / "r.bin", tmp_path / "s.bin"
+    r.tofile(pr)
+    s.tofile(ps)
+    mr = np.memmap(pr, dtype=np.float32, mode="r", shape=r.shape)
+    ms = np.memmap(ps, dtype=np.float32, mode="r", shape=s.shape)
+    for a, b in ((mr, ms), (mr.T, ms.T), (r.astype(np.float16), s), (r.T.astype(np.float16), s.T)):
+        m = compute_metrics(a, b, atol=1e-3, rtol=1e-3, chunk_elems=4096)
+        check(m, np.asarray(a), np.asarray(b), 1e-3, 1e-3)
