@@ -58,7 +58,7 @@ FA_DTYPES = (ms.float16, ms.bfloat16)
 _backend: str | None = None
 ASCEND_LAYOUT = "BNSD"
 PRECISE_SOFTMAX = True  # normalise in float64 (MindSpore's CPU fp32 exp is ~5e-6 relative off)
-PORTABLE_CHUNK_ELEMENTS = 1 << 24  # scores per chunk: 64 MiB of float32
+PORTABLE_CHUNK_ELEMENTS = 1 << 23  # scores per chunk: 32 MiB of float32 (64 MiB as float64 in the softmax)
 
 
 # ---- backend selection --------------------------------------------------------------------------------------
@@ -136,23 +136,51 @@ def softmax_precise(scores):
 
 
 def portable_attention(query, key, value, bias, *, heads: int, scale: float, chunk_elements: int | None = None):
+    k_t, v = prepare_keys(key, value, heads)
+    return attend_prepared(query, k_t, v, bias, heads=heads, scale=scale, chunk_elements=chunk_elements)
+
+
+def prepare_keys(key, value, heads: int):
+    """(kᵀ (B, heads, d, Sk), v (B, heads, Sk, d)) in float32, laid out once, contiguously: a transposed view
+    handed to matmul is copied by the kernel on every call, i.e. once per query chunk (a full copy of k per
+    chunk at real token counts)."""
+    k_t = split_heads(key.astype(ms.float32), heads).transpose(0, 1, 3, 2).contiguous()
+    v = split_heads(value.astype(ms.float32), heads).contiguous()
+    return k_t, v
+
+
+def attend_prepared(query, k_t, v, bias, *, heads: int, scale: float, chunk_elements: int | None = None):
+    """The portable path on prepared keys (``prepare_keys``), query rows in chunks of at most
+    ``PORTABLE_CHUNK_ELEMENTS`` scores. Returns (B, Sq, heads·d) in the query's dtype."""
     out_dtype = query.dtype
-    q = split_heads(query.astype(ms.float32), heads)
-    k_t = split_heads(key.astype(ms.float32), heads).transpose(0, 1, 3, 2)
-    v = split_heads(value.astype(ms.float32), heads)
-    b, _, sq, _ = q.shape
+    b, sq, _ = query.shape
     sk = k_t.shape[-1]
     bias32 = None if bias is None else bias.astype(ms.float32)
     budget = PORTABLE_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     rows = max(1, int(budget) // max(1, b * heads * sk))
-    outs = []
+    out = None
     for start in range(0, sq, rows):
-        scores = mint.matmul(q[:, :, start:start + rows], k_t) * scale
+        stop = min(sq, start + rows)
+        q = split_heads(query[:, start:stop].astype(ms.float32), heads)
+        scores = mint.matmul(q, k_t) * scale
+        del q
         if bias32 is not None:
-            scores = scores + bias32
-        outs.append(mint.matmul(softmax_precise(scores), v))
-    out = outs[0] if len(outs) == 1 else ops.cat(outs, 2)
-    return merge_heads(out).astype(out_dtype)
+            scores = scores + _bcast(bias32, scores)
+        piece = merge_heads(mint.matmul(softmax_precise(scores), v)).astype(out_dtype)
+        del scores
+        if stop - start == sq:
+            return piece
+        if out is None:  # chunk outputs land in one preallocated result (no list of pieces + concatenation)
+            out = ops.zeros((b, sq, piece.shape[-1]), out_dtype)
+        out[:, start:stop] = piece
+    return out
+
+
+def _bcast(small, like):
+    """The bias broadcast explicitly on CPU (see ``modeling_opensora.bcast``: same values, no offset tables)."""
+    if ms.get_context("device_target") != "CPU" or tuple(small.shape) == tuple(like.shape):
+        return small
+    return ops.broadcast_to(small, like.shape)
 
 
 # ---- Ascend path: plain functions, unit-tested on CPU -------------------------------------------------------

@@ -51,6 +51,15 @@ from parity.families.opensora_v13.shapes import rope_positions
 from parity.families.opensora_v13.tables import rope_inv_freq, timestep_frequencies
 
 MASK_BIAS = -10000.0        # additive bias of a masked video patch / text token
+# The feed-forward runs in token chunks once its inner activations (tokens · 4·D) would exceed this many elements
+# (released size: 21,120 x 9,216); below it (every committed fixture) it is one call, as upstream.
+FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
+# Blocks whose hidden states hold more than this many elements (B·S·D; released size 21,120 x 2,304) run
+# token-streamed with the portable attention backend (``BasicTransformerBlock._construct_streamed``): the same
+# math holding only the residual stream (updated in place), the self-attention keys and values and one chunk of
+# STREAM_CHUNK_TOKENS tokens. Below it (every committed fixture and test config) a block runs as upstream.
+STREAM_BLOCK_ELEMENTS = 32 * 1024 * 1024
+STREAM_CHUNK_TOKENS = 1024
 SPARSE_PAD_BIAS = -9980.0   # additive bias of a Skiparse padding token
 
 
@@ -60,9 +69,31 @@ class Cell(nn.Cell):
     numerics: Numerics = FP32
 
 
+# MindSpore's CPU kernels broadcast a binary op through per-element int64 offset tables: (B, S, D) * (B, 1, D)
+# holds ~4 extra (B, S, D)-sized buffers, and the framework's memory pool keeps its high-water mark (at 21,120
+# tokens that is +0.8 GB per op, +1.4 GB for a Linear's bias add). Broadcasting the small operand explicitly
+# first costs one buffer. Elementwise ops are exact per element, so the values are identical (tested); other
+# devices keep the implicit broadcast. None: decide by the device target.
+EXPLICIT_BROADCAST: bool | None = None
+
+
+def explicit_broadcast() -> bool:
+    if EXPLICIT_BROADCAST is None:
+        return ms.get_context("device_target") == "CPU"
+    return EXPLICIT_BROADCAST
+
+
+def bcast(small, like):
+    """``small`` broadcast to ``like``'s shape when ``explicit_broadcast()`` (else as it is)."""
+    if not explicit_broadcast() or tuple(small.shape) == tuple(like.shape):
+        return small
+    return ops.broadcast_to(small, like.shape)
+
+
 def modulate(x, shift, scale, r):
     """``x * (1 + scale) + shift`` with each step materialised like torch does (adaLN-single modulation)."""
-    return r(r(x * r(1 + scale)) + shift)
+    y = r(x * bcast(r(1 + scale), x))
+    return r(y + bcast(shift, y))
 
 
 def gelu(x, approximate: str):
@@ -83,6 +114,9 @@ class Linear(Cell):
         self.bias = Parameter(initializer(Uniform(bound), (out_features,), ms.float32)) if bias else None
 
     def construct(self, x):
+        if self.bias is not None and explicit_broadcast() and x.dtype in (ms.float32, ms.float16):
+            y = ops.dense(x, self.weight, None)  # + bias, explicitly broadcast: bit-identical to the fused call
+            return self.numerics(y + bcast(self.bias, y))
         return self.numerics(ops.dense(x, self.weight, self.bias))
 
 
@@ -133,9 +167,24 @@ class FeedForward(Cell):
         self.net = nn.CellList(layers)
 
     def construct(self, hidden_states):
-        for module in self.net:
-            hidden_states = module(hidden_states)
-        return hidden_states
+        inner = self.net[0].proj.out_features
+        tokens = hidden_states.size // hidden_states.shape[-1]
+        if tokens * inner <= FFN_CHUNK_ELEMENTS:
+            for module in self.net:
+                hidden_states = module(hidden_states)
+            return hidden_states
+        # token chunks (a memory bound at real sizes; every token's FFN is independent of the others)
+        flat = hidden_states.reshape(tokens, hidden_states.shape[-1])
+        step = max(32, FFN_CHUNK_ELEMENTS // inner)
+        out = None
+        for start in range(0, tokens, step):
+            y = flat[start:start + step]
+            for module in self.net:
+                y = module(y)
+            if out is None:
+                out = ops.zeros((tokens, y.shape[-1]), y.dtype)
+            out[start:start + step] = y
+        return out.reshape(*hidden_states.shape[:-1], out.shape[-1])
 
 
 class Timesteps(Cell):
@@ -280,7 +329,7 @@ class RoPE3D:
         cos = Tensor(cos[pos1d][None, :, None, :]).astype(dtype)
         sin = Tensor(sin[pos1d][None, :, None, :]).astype(dtype)
         r = numerics
-        return r(r(tokens * cos) + r(self.rotate_half(tokens) * sin))
+        return r(r(tokens * bcast(cos, tokens)) + r(self.rotate_half(tokens) * bcast(sin, tokens)))
 
     def __call__(self, tokens, positions, numerics=FP32):
         """tokens (B, S, N, d) batch-first (upstream: (S, B, N, d)); positions from ``PositionGetter3D``."""
@@ -443,6 +492,7 @@ class OpenSoraAttnProcessor:
         hidden_states = r(attention_seam.attention(query, key, value, attention_mask, heads=attn.heads,
                                                    scale=attn.scale, backend=attn.attention_backend,
                                                    kernel_dtype=r.kernel_dtype))
+        del query, key, value  # not needed any more: frees three states early at real token counts
 
         if self.sparse1d:
             hidden_states = self._reverse_sparse_1d(hidden_states, frame, height, width, pad_len)
@@ -489,6 +539,10 @@ class BasicTransformerBlock(Cell):
 
     def construct(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                   timestep=None, frame=None, height=None, width=None):
+        if (hidden_states.size > STREAM_BLOCK_ELEMENTS
+                and attention_seam.resolve_backend(self.attn1.attention_backend) == "portable"):
+            return self._construct_streamed(hidden_states, attention_mask, encoder_hidden_states,
+                                            encoder_attention_mask, timestep, frame, height, width)
         r = self.numerics
         batch_size = hidden_states.shape[0]
         modulation = r(self.scale_shift_table[None] + timestep.reshape(batch_size, 6, -1))   # (B, 6, D)
@@ -498,17 +552,125 @@ class BasicTransformerBlock(Cell):
         norm_hidden_states = modulate(self.norm1(hidden_states), shift_msa, scale_msa, r)
         attn_output = self.attn1(norm_hidden_states, encoder_hidden_states=None, attention_mask=attention_mask,
                                  frame=frame, height=height, width=width)
-        hidden_states = r(r(gate_msa * attn_output) + hidden_states)
+        hidden_states = r(r(bcast(gate_msa, attn_output) * attn_output) + hidden_states)
+        del norm_hidden_states, attn_output  # (memory only: dead tensors released before the next attention)
 
         # 3. Cross-Attention
         attn_output = self.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states,
                                  attention_mask=encoder_attention_mask, frame=frame, height=height, width=width)
         hidden_states = r(attn_output + hidden_states)
+        del attn_output
 
         # 4. Feed-forward
         norm_hidden_states = modulate(self.norm2(hidden_states), shift_mlp, scale_mlp, r)
         ff_output = self.ff(norm_hidden_states)
-        return r(r(gate_mlp * ff_output) + hidden_states)
+        return r(r(bcast(gate_mlp, ff_output) * ff_output) + hidden_states)
+
+    def _construct_streamed(self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                            timestep, frame, height, width):
+        """``construct`` in token chunks, for real-size inputs (see ``STREAM_BLOCK_ELEMENTS``); the twin of the
+        torch reference's ``_forward_streamed``.
+
+        (1) The self-attention keys (transposed) and values of all tokens are computed chunk by chunk straight
+        into the portable attention's layout (Skiparse regrouped, zero padding as ``_sparse_1d`` pads); (2) per
+        chunk of tokens (aligned to sparse_n² so a chunk maps to a contiguous run of every sub-sequence): queries,
+        attention against all keys, output projection and gated residual, cross-attention and the modulated FFN,
+        written back into ``hidden_states`` in place. Hooks inside the block are not called on this path.
+        """
+        r = self.numerics
+        h = hidden_states                                                       # (B, S, D)
+        batch, seq, _ = h.shape
+        modulation = r(self.scale_shift_table[None] + timestep.reshape(batch, 6, -1))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(modulation, 6, axis=1)
+        attn1, attn2 = self.attn1, self.attn2
+        proc = attn1.processor
+        heads = attn1.heads
+        inner = attn1.inner_dim
+        head_dim = inner // heads
+        k = proc.sparse_n if proc.sparse1d else 1
+        unit = k * k if proc.sparse1d else 1
+        seq_pad = seq + (-seq % unit)
+        poses, max_poses = proc.position_getter(batch, t=frame, h=height, w=width)
+        step = max(unit, STREAM_CHUNK_TOKENS // unit * unit)
+        seam = attention_seam
+
+        def roped(x, s0, s1):  # (B, L, inner): the processor's RoPE on the rows' own grid positions
+            x = proc.rope(x.reshape(batch, -1, heads, head_dim), (tuple(p[s0:s1] for p in poses), max_poses), r)
+            return x.reshape(batch, -1, inner)
+
+        def padded(x, rows):
+            return ops.pad(x, (0, 0, 0, rows - x.shape[1])) if rows > x.shape[1] else x
+
+        def regroup(x, p):  # (B, L, C), L unit-aligned -> (k·B, L/k, C): a run of ``p._sparse_1d``'s layout
+            if not p.sparse1d:
+                return x
+            b, n_tok, c = x.shape
+            if not p.sparse_group:
+                return x.reshape(b, n_tok // k, k, c).transpose(2, 0, 1, 3).reshape(k * b, n_tok // k, c)
+            return x.reshape(b, n_tok // unit, k, k, c).transpose(2, 0, 1, 3, 4).reshape(k * b, n_tok // k, c)
+
+        def ungroup(x, p, n_tok):  # inverse of regroup
+            if not p.sparse1d:
+                return x
+            kb, g, c = x.shape
+            if not p.sparse_group:
+                return x.reshape(k, kb // k, g, c).transpose(1, 2, 0, 3).reshape(kb // k, n_tok, c)
+            return x.reshape(k, kb // k, n_tok // unit, k, c).transpose(1, 2, 0, 3, 4).reshape(kb // k, n_tok, c)
+
+        def norm_mod(x, norm, shift, scale):
+            return modulate(norm(x), shift, scale, r)
+
+        # (1) keys (transposed) and values of every token, in the portable seam's layout
+        g_all = seq_pad // k
+        key_t = ops.zeros((k * batch, heads, head_dim, g_all), ms.float32)
+        values = ops.zeros((k * batch, heads, g_all, head_dim), ms.float32)
+        for s0 in range(0, seq, step):
+            s1 = min(seq, s0 + step)
+            rows = -(-(s1 - s0) // unit) * unit
+            n = norm_mod(h[:, s0:s1], self.norm1, shift_msa, scale_msa)
+            kc = regroup(padded(roped(attn1.to_k(n), s0, s1), rows), proc)
+            vc = regroup(padded(attn1.to_v(n), rows), proc)
+            del n
+            kc, vc = seam.prepare_keys(kc, vc, heads)
+            g0 = s0 // k
+            key_t[:, :, :, g0:g0 + kc.shape[-1]] = kc
+            values[:, :, g0:g0 + vc.shape[2]] = vc
+            del kc, vc
+        text_k = attn2.to_k(encoder_hidden_states)
+        text_v = attn2.to_v(encoder_hidden_states)
+        if attn2.processor.sparse1d:
+            text_k, text_v = attn2.processor._sparse_1d_kv(text_k), attn2.processor._sparse_1d_kv(text_v)
+        text_k_t, text_v = seam.prepare_keys(text_k, text_v, heads)
+        del text_k
+
+        # (2) per chunk of tokens: self-attention (queries), cross-attention, feed-forward, in place
+        for s0 in range(0, seq, step):
+            s1 = min(seq, s0 + step)
+            rows = -(-(s1 - s0) // unit) * unit
+            chunk = h[:, s0:s1]
+            n = norm_mod(chunk, self.norm1, shift_msa, scale_msa)
+            q = regroup(padded(roped(attn1.to_q(n), s0, s1), rows), proc)
+            del n
+            a = r(seam.attend_prepared(q, key_t, values, attention_mask, heads=heads, scale=attn1.scale))
+            a = ungroup(a, proc, rows)[:, :s1 - s0]
+            a = attn1.to_out[1](attn1.to_out[0](a))
+            if attn1.rescale_output_factor != 1.0:
+                a = r(a / attn1.rescale_output_factor)
+            chunk = r(r(bcast(gate_msa, a) * a) + chunk)
+            q = regroup(padded(attn2.to_q(chunk), rows), attn2.processor)
+            a = r(seam.attend_prepared(q, text_k_t, text_v, encoder_attention_mask, heads=heads, scale=attn2.scale))
+            del q
+            a = ungroup(a, attn2.processor, rows)[:, :s1 - s0]
+            a = attn2.to_out[1](attn2.to_out[0](a))
+            if attn2.rescale_output_factor != 1.0:
+                a = r(a / attn2.rescale_output_factor)
+            chunk = r(a + chunk)
+            n = norm_mod(chunk, self.norm2, shift_mlp, scale_mlp)
+            f = self.ff(n)
+            del n
+            h[:, s0:s1] = r(r(bcast(gate_mlp, f) * f) + chunk)
+            del f, a, chunk
+        return h
 
 
 # ================================================================================================================
@@ -628,8 +790,19 @@ class OpenSoraT2V_v1_3(Cell):
         r = self.numerics
         c = self.config
         shift, scale = ops.chunk(r(self.scale_shift_table[None] + embedded_timestep[:, None]), 2, axis=1)
-        hidden_states = modulate(self.norm_out(hidden_states), shift, scale, r)
-        hidden_states = self.proj_out(hidden_states)
+        if hidden_states.size > STREAM_BLOCK_ELEMENTS:
+            # real sizes: token chunks (norm, modulation and projection are per token), small output only
+            out = None
+            for s0 in range(0, hidden_states.shape[1], STREAM_CHUNK_TOKENS):
+                x = self.proj_out(modulate(self.norm_out(hidden_states[:, s0:s0 + STREAM_CHUNK_TOKENS]), shift,
+                                           scale, r))
+                if out is None:
+                    out = ops.zeros((hidden_states.shape[0], hidden_states.shape[1], x.shape[-1]), x.dtype)
+                out[:, s0:s0 + STREAM_CHUNK_TOKENS] = x
+            hidden_states = out
+        else:
+            hidden_states = modulate(self.norm_out(hidden_states), shift, scale, r)
+            hidden_states = self.proj_out(hidden_states)
         # unpatchify: n t h w o p q c -> n c t o h p w q
         pt, p, ch = c.patch_size_t, c.patch_size, self.out_channels
         hidden_states = hidden_states.reshape(-1, num_frames, height, width, pt, p, p, ch)

@@ -31,9 +31,20 @@ from parity.families.opensora_v13.config import OpenSoraConfig
 # Attention on CPU is evaluated in query chunks once a single call would hold more attention scores than this
 # (batch · heads · q_len · k_len). Chunking only splits the query rows; every row still sees all keys, so the
 # result is the same as one call. At the released size (21,120 tokens, 24 heads) a dense block would otherwise
-# materialise ~10.7e9 scores (43 GB in fp32).
-ATTENTION_CHUNK_SCORES = 64 * 1024 * 1024
+# materialise ~10.7e9 scores (43 GB in fp32); with this budget a chunk holds two 64 MiB score buffers.
+ATTENTION_CHUNK_SCORES = 16 * 1024 * 1024
 ATTENTION_CHUNK_MIN_ROWS = 32
+# The feed-forward runs in token chunks once its inner activations (tokens · 4·D) would exceed this many
+# elements (at the released size: 21,120 x 9,216 = 778 MB per intermediate, two of them alive at once).
+# Below it (every committed fixture) it is one call, exactly as upstream.
+FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
+# A block whose hidden states hold more than this many elements (S·B·D; the released size is 21,120 x 2,304 =
+# 48.7 M) runs token-streamed (``BasicTransformerBlock._forward_streamed``, inference only): the same math, but
+# it holds only the residual stream (updated in place), the self-attention keys and values, and one chunk of
+# STREAM_CHUNK_TOKENS tokens — about three hidden states instead of eight. Below it (every committed fixture and
+# test config) the block runs exactly as upstream.
+STREAM_BLOCK_ELEMENTS = 32 * 1024 * 1024
+STREAM_CHUNK_TOKENS = 1024
 
 # Bias values, as upstream: masked tokens get -10000 (in the model dtype); Skiparse padding keys get -9980.
 MASK_BIAS = -10000.0
@@ -147,30 +158,66 @@ def scaled_dot_product_attention_cpu(query, key, value, attn_mask=None, max_scor
     restriction lifted) uses the math backend, which is what we select here, on every device.
 
     When ``B·N·S_q·S_k`` exceeds ``max_scores`` (default ``ATTENTION_CHUNK_SCORES``) the queries are processed
-    in row chunks and concatenated: every query row still attends to all keys with the same bias row, so the
-    values equal one unchunked call (tested) while memory stays bounded at real token counts.
+    in row chunks (``_attention_rows``): every query row still attends to all keys with the same bias row, so
+    the values equal one unchunked call (tested, fp32/bf16/fp16) while memory stays bounded at real token counts.
     """
     if max_scores is None:
         max_scores = ATTENTION_CHUNK_SCORES
     b, n, s_q, _ = query.shape
     s_k = key.shape[-2]
-    with sdpa_kernel(SDPBackend.MATH):
-        if b * n * s_q * s_k <= max_scores:
+    if b * n * s_q * s_k <= max_scores:
+        with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=0.0,
                                                   is_causal=False)
-        # Balanced chunks of at least ATTENTION_CHUNK_MIN_ROWS // 2 rows: BLAS kernels take a different
-        # (small-M) path for a sliver of 1-3 query rows, which would round differently from the unchunked call.
-        rows = max(ATTENTION_CHUNK_MIN_ROWS, max_scores // max(1, b * n * s_k))
-        num_chunks = -(-s_q // rows)
-        bounds = [(s_q * c) // num_chunks for c in range(num_chunks + 1)]
-        outs = []
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            mask = attn_mask
-            if mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1:
-                mask = mask[..., start:stop, :]
-            outs.append(F.scaled_dot_product_attention(query[:, :, start:stop], key, value,
-                                                       attn_mask=mask, dropout_p=0.0, is_causal=False))
-        return torch.cat(outs, dim=2)
+    # The math backend, written out with what does not depend on the query rows done once: it computes in
+    # float32 for half/bf16 inputs, scales q and k by √scale each, adds the bias, softmax, multiplies by v.
+    # (Calling SDPA per chunk would re-scale a full copy of k for every chunk.)
+    compute = _compute_dtype(query.dtype)
+    root_scale = math.sqrt(1.0 / math.sqrt(query.shape[-1]))
+    key_t = key.to(compute).transpose(-2, -1) * root_scale
+    return _attention_in_row_chunks(query, key_t, value.to(compute), attn_mask, root_scale, max_scores)
+
+
+def _compute_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _attention_in_row_chunks(query, key_t, value, attn_mask, root_scale, max_scores=None):
+    """softmax((q·√s)·key_t + mask)·v over balanced query-row chunks; ``key_t`` = kᵀ·√s in the compute dtype.
+    Two score buffers are reused; returns (B, N, S_q, d_v) in the query's dtype."""
+    if max_scores is None:
+        max_scores = ATTENTION_CHUNK_SCORES
+    b, n, s_q, _ = query.shape
+    s_k = key_t.shape[-1]
+    compute = key_t.dtype
+    # Balanced chunks of at least ATTENTION_CHUNK_MIN_ROWS // 2 rows: BLAS kernels take a different
+    # (small-M) path for a sliver of 1-3 query rows, which would round differently from the unchunked call.
+    rows = max(ATTENTION_CHUNK_MIN_ROWS, max_scores // max(1, b * n * s_k))
+    num_chunks = -(-s_q // rows)
+    bounds = [(s_q * c) // num_chunks for c in range(num_chunks + 1)]
+    mask = None if attn_mask is None else attn_mask.to(compute)
+    most = max(stop - start for start, stop in zip(bounds[:-1], bounds[1:]))
+    scores = torch.empty(b * n * most * s_k, dtype=compute, device=query.device)
+    probs = torch.empty_like(scores)
+    out = torch.empty(b, n, s_q, value.shape[-1], dtype=query.dtype, device=query.device)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        m = mask
+        if m is not None and m.dim() >= 2 and m.shape[-2] != 1:
+            m = m[..., start:stop, :]
+        shape = (b, n, stop - start, s_k)
+        numel = b * n * (stop - start) * s_k
+        out[:, :, start:stop] = _attention_rows(query[:, :, start:stop], key_t, value, m, root_scale,
+                                                scores[:numel].view(shape), probs[:numel].view(shape))
+    return out
+
+
+def _attention_rows(query, key_t, value, mask, root_scale, scores, probs):
+    """One query chunk of the math backend: softmax((q·√s)(k·√s)ᵀ + mask)·v into the given score buffers."""
+    torch.matmul(query.to(scores.dtype) * root_scale, key_t, out=scores)
+    if mask is not None:
+        scores.add_(mask)
+    torch.ops.aten._softmax.out(scores, -1, False, out=probs)
+    return torch.matmul(probs, value)
 
 
 class OpenSoraAttnProcessor2_0:
@@ -272,6 +319,8 @@ class OpenSoraAttnProcessor2_0:
         value = value.view(value.shape[0], value.shape[1], heads, head_dim).permute(1, 2, 0, 3)
 
         hidden_states = scaled_dot_product_attention_cpu(query, key, value, attn_mask=attention_mask)
+        out_dtype = query.dtype
+        del query, key, value  # not needed any more: frees three states early at real token counts
 
         # 'b h s d -> s b (h d)'
         b, n, s, d = hidden_states.shape
@@ -280,7 +329,7 @@ class OpenSoraAttnProcessor2_0:
         if self.sparse1d:
             hidden_states = self._reverse_sparse_1d(hidden_states, frame, height, width, pad_len)
 
-        hidden_states = hidden_states.to(query.dtype)
+        hidden_states = hidden_states.to(out_dtype)
         hidden_states = attn.to_out[0](hidden_states)  # linear
         hidden_states = attn.to_out[1](hidden_states)  # dropout
         hidden_states = hidden_states / attn.rescale_output_factor
@@ -388,9 +437,24 @@ class FeedForward(nn.Module):
             self.net.append(nn.Dropout(dropout))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        for module in self.net:
-            hidden_states = module(hidden_states)
-        return hidden_states
+        inner = self.net[0].proj.out_features
+        tokens = hidden_states.numel() // hidden_states.shape[-1]
+        if tokens * inner <= FFN_CHUNK_ELEMENTS:
+            for module in self.net:
+                hidden_states = module(hidden_states)
+            return hidden_states
+        # token chunks (a memory bound at real sizes; every token's FFN is independent of the others)
+        flat = hidden_states.reshape(tokens, hidden_states.shape[-1])
+        out = None
+        step = max(ATTENTION_CHUNK_MIN_ROWS, FFN_CHUNK_ELEMENTS // inner)
+        for start in range(0, tokens, step):
+            y = flat[start:start + step]
+            for module in self.net:
+                y = module(y)
+            if out is None:
+                out = torch.empty(tokens, y.shape[-1], dtype=y.dtype, device=y.device)
+            out[start:start + step] = y
+        return out.reshape(*hidden_states.shape[:-1], out.shape[-1])
 
 
 def get_timestep_embedding(timesteps: torch.Tensor, embedding_dim: int, flip_sin_to_cos: bool = False,
@@ -531,6 +595,9 @@ class BasicTransformerBlock(nn.Module):
                 encoder_hidden_states: Optional[torch.Tensor] = None,
                 encoder_attention_mask: Optional[torch.Tensor] = None, timestep: Optional[torch.Tensor] = None,
                 frame: Optional[int] = None, height: Optional[int] = None, width: Optional[int] = None) -> torch.Tensor:
+        if hidden_states.numel() > STREAM_BLOCK_ELEMENTS and not torch.is_grad_enabled():
+            return self._forward_streamed(hidden_states, attention_mask, encoder_hidden_states,
+                                          encoder_attention_mask, timestep, frame, height, width)
         batch_size = hidden_states.shape[1]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table[:, None] + timestep.reshape(6, batch_size, -1)
@@ -543,11 +610,13 @@ class BasicTransformerBlock(nn.Module):
                                  frame=frame, height=height, width=width)
         attn_output = gate_msa * attn_output
         hidden_states = attn_output + hidden_states
+        del norm_hidden_states, attn_output  # (memory only: dead tensors released before the next attention)
 
         # cross-attention: no norm, no modulation, no gate
         attn_output = self.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states,
                                  attention_mask=encoder_attention_mask, frame=frame, height=height, width=width)
         hidden_states = attn_output + hidden_states
+        del attn_output
 
         # feed-forward: modulated, gated
         norm_hidden_states = self.norm2(hidden_states)
@@ -556,6 +625,122 @@ class BasicTransformerBlock(nn.Module):
         ff_output = gate_mlp * ff_output
         hidden_states = ff_output + hidden_states
         return hidden_states
+
+    def _forward_streamed(self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                          timestep, frame, height, width):
+        """``forward`` in token chunks, for real-size inputs (see ``STREAM_BLOCK_ELEMENTS``); inference only.
+
+        Every operation of ``forward`` is per token except attention's mixing over keys, so: (1) the
+        self-attention keys and values of all tokens are computed chunk by chunk into their Skiparse layout
+        (RoPE'd, k pre-scaled by √scale as the math backend does, zero padding rows as ``F.pad`` gives); (2) per
+        chunk of tokens: queries, attention against all keys (query-row chunked), output projection and gated
+        residual, then cross-attention and the modulated FFN — written back into ``hidden_states`` in place (the
+        caller rebinds it to the result). A query's Skiparse sub-sequence is fixed by its position, so chunks are
+        aligned to sparse_n² tokens (cross-attention is regrouped the same way, as upstream). Hooks on
+        ``attn1``/``attn2`` and the processors are not called on this path (the block's own hooks are).
+        """
+        h = hidden_states                                                       # (S, B, D)
+        seq, batch, _ = h.shape
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.scale_shift_table[:, None] + timestep.reshape(6, batch, -1)).chunk(6, dim=0)
+        attn1, attn2 = self.attn1, self.attn2
+        proc = attn1.processor
+        heads = attn1.heads
+        inner = attn1.inner_dim
+        head_dim = inner // heads
+        k = proc.sparse_n if proc.sparse1d else 1
+        unit = k * k if proc.sparse1d else 1
+        seq_pad = seq + (-seq % unit)
+        compute = _compute_dtype(h.dtype)
+        root_scale = math.sqrt(1.0 / math.sqrt(head_dim))
+        poses, max_poses = proc.position_getter(batch, t=frame, h=height, w=width, device=h.device)
+        step = max(unit, STREAM_CHUNK_TOKENS // unit * unit)
+
+        def roped(x, s0, s1):  # (L, B, inner): the processor's RoPE on the rows' own grid positions
+            x = proc.rope(x.view(-1, batch, heads, head_dim), (tuple(p[s0:s1] for p in poses), max_poses))
+            return x.view(-1, batch, inner)
+
+        def regroup(x):  # (L, B, C) -> (L/k, k·B, C): _sparse_1d of a unit-aligned run of tokens (already padded)
+            if not proc.sparse1d:
+                return x
+            n_tok, b, c = x.shape
+            if proc.sparse_group:
+                x = x.reshape(n_tok // unit, k, k, b, c).permute(0, 2, 1, 3, 4)
+            return x.reshape(n_tok // k, k * b, c)
+
+        def ungroup(x, n_tok):  # inverse of regroup: (L/k, k·B, C) -> (L, B, C)
+            if not proc.sparse1d:
+                return x
+            g, kb, c = x.shape
+            if proc.sparse_group:
+                x = x.reshape(g // k, k, k, kb // k, c).permute(0, 2, 1, 3, 4)
+            return x.reshape(n_tok, kb // k, c)
+
+        def heads_first(x):  # (s, b, inner) -> (b, heads, s, head_dim)
+            return x.view(x.shape[0], x.shape[1], heads, head_dim).permute(1, 2, 0, 3)
+
+        # (1) keys (·√scale, compute dtype) and values of every token, in the Skiparse layout
+        keys = torch.zeros(seq_pad // k, k * batch, inner, dtype=compute, device=h.device)
+        values = torch.zeros(seq_pad // k, k * batch, inner, dtype=compute, device=h.device)
+        for s0 in range(0, seq, step):
+            s1 = min(seq, s0 + step)
+            n = self.norm1(h[s0:s1])
+            n = n * (1 + scale_msa) + shift_msa
+            kc = roped(attn1.to_k(n), s0, s1)
+            vc = attn1.to_v(n).view(-1, batch, inner)
+            del n
+            rows = -(-(s1 - s0) // unit) * unit
+            g0 = s0 // k
+            for buf, x, scale in ((keys, kc, root_scale), (values, vc, None)):
+                x = x.to(compute)
+                if rows > s1 - s0:
+                    x = F.pad(x, (0, 0, 0, 0, 0, rows - (s1 - s0)))
+                x = regroup(x)
+                buf[g0:g0 + x.shape[0]] = x if scale is None else x * scale
+        key_t = heads_first(keys).transpose(-2, -1)
+        value_h = heads_first(values)
+
+        # cross-attention keys/values (text, small), tiled to every Skiparse sub-sequence as upstream does
+        text_k = attn2.to_k(encoder_hidden_states).view(-1, batch, inner)
+        text_v = attn2.to_v(encoder_hidden_states).view(-1, batch, inner)
+        if attn2.processor.sparse1d:
+            text_k, text_v = attn2.processor._sparse_1d_kv(text_k), attn2.processor._sparse_1d_kv(text_v)
+        text_k_t = heads_first(text_k).to(compute).transpose(-2, -1) * root_scale
+        text_v = heads_first(text_v).to(compute)
+
+        # (2) per chunk of tokens: self-attention (queries), cross-attention, feed-forward, in place
+        for s0 in range(0, seq, step):
+            s1 = min(seq, s0 + step)
+            n = self.norm1(h[s0:s1])
+            n = n * (1 + scale_msa) + shift_msa
+            q = roped(attn1.to_q(n), s0, s1)
+            del n
+            rows = -(-(s1 - s0) // unit) * unit
+            if rows > s1 - s0:
+                q = F.pad(q, (0, 0, 0, 0, 0, rows - (s1 - s0)))
+            q = heads_first(regroup(q))
+            a = _attention_in_row_chunks(q, key_t, value_h, attention_mask, root_scale)
+            del q
+            b_, n_, s_, d_ = a.shape
+            a = ungroup(a.permute(2, 0, 1, 3).reshape(s_, b_, n_ * d_), rows)[: s1 - s0]
+            a = attn1.to_out[1](attn1.to_out[0](a.to(h.dtype))) / attn1.rescale_output_factor
+            chunk = h[s0:s1]
+            chunk.add_(gate_msa * a)                                            # hidden = gate·attn + hidden
+            q = attn2.to_q(chunk).view(-1, batch, inner)
+            if rows > s1 - s0:
+                q = F.pad(q, (0, 0, 0, 0, 0, rows - (s1 - s0)))
+            q = heads_first(regroup(q))
+            a = _attention_in_row_chunks(q, text_k_t, text_v, encoder_attention_mask, root_scale)
+            del q
+            b_, n_, s_, d_ = a.shape
+            a = ungroup(a.permute(2, 0, 1, 3).reshape(s_, b_, n_ * d_), rows)[: s1 - s0]
+            a = attn2.to_out[1](attn2.to_out[0](a.to(h.dtype))) / attn2.rescale_output_factor
+            chunk.add_(a)                                                       # hidden = attn + hidden
+            n = self.norm2(chunk)
+            n = n * (1 + scale_mlp) + shift_mlp
+            chunk.add_(gate_mlp * self.ff(n))                                   # hidden = gate·ff + hidden
+            del n, a
+        return h
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -762,9 +947,20 @@ class OpenSoraT2V_v1_3(nn.Module):
     def _get_output_for_patched_inputs(self, hidden_states, timestep, embedded_timestep, num_frames, height, width):
         """Final modulation (shift first), projection and unpatchify to (B, C, T'·pt, H'·p, W'·p)."""
         shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
-        hidden_states = self.norm_out(hidden_states)
-        hidden_states = hidden_states * (1 + scale) + shift
-        hidden_states = self.proj_out(hidden_states)
+        if hidden_states.numel() > STREAM_BLOCK_ELEMENTS and not torch.is_grad_enabled():
+            # real sizes: token chunks (norm, modulation and projection are per token), small output only
+            out = None
+            for s0 in range(0, hidden_states.shape[1], STREAM_CHUNK_TOKENS):
+                x = self.norm_out(hidden_states[:, s0:s0 + STREAM_CHUNK_TOKENS])
+                x = self.proj_out(x * (1 + scale) + shift)
+                if out is None:
+                    out = x.new_empty(hidden_states.shape[0], hidden_states.shape[1], x.shape[-1])
+                out[:, s0:s0 + STREAM_CHUNK_TOKENS] = x
+            hidden_states = out
+        else:
+            hidden_states = self.norm_out(hidden_states)
+            hidden_states = hidden_states * (1 + scale) + shift
+            hidden_states = self.proj_out(hidden_states)
         hidden_states = hidden_states.squeeze(1)
         return self._unpatchify(hidden_states, num_frames, height, width)
 

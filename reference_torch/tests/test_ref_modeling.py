@@ -291,13 +291,14 @@ def test_query_chunked_attention_is_bit_identical(shape, dtype):
 
 def test_query_chunking_bounds_the_score_budget(monkeypatch):
     calls = []
-    real = torch.nn.functional.scaled_dot_product_attention
+    real = M._attention_rows
 
-    def spy(q, k, v, **kw):
-        calls.append(q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2])
-        return real(q, k, v, **kw)
+    def spy(q, k_t, v, mask, root_scale, scores, probs):
+        calls.append(q.shape[0] * q.shape[1] * q.shape[2] * k_t.shape[-1])
+        assert scores.numel() == probs.numel() == calls[-1]
+        return real(q, k_t, v, mask, root_scale, scores, probs)
 
-    monkeypatch.setattr(M.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(M, "_attention_rows", spy)
     q = torch.randn(1, 2, 4000, 24)
     M.scaled_dot_product_attention_cpu(q, q, q, None, max_scores=2 * 4000 * 500)
     assert len(calls) == 8 and max(calls) <= 2 * 4000 * 500
