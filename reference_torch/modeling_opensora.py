@@ -713,28 +713,22 @@ class BasicTransformerBlock(nn.Module):
             s1 = min(seq, s0 + step)
             n = self.norm1(h[s0:s1])
             n = n * (1 + scale_msa) + shift_msa
-            q = roped(attn1.to_q(n), s0, s1)
-            del n
             rows = -(-(s1 - s0) // unit) * unit
-            if rows > s1 - s0:
-                q = F.pad(q, (0, 0, 0, 0, 0, rows - (s1 - s0)))
-            q = heads_first(regroup(q))
-            a = _attention_in_row_chunks(q, key_t, value_h, attention_mask, root_scale)
-            del q
-            b_, n_, s_, d_ = a.shape
-            a = ungroup(a.permute(2, 0, 1, 3).reshape(s_, b_, n_ * d_), rows)[: s1 - s0]
-            a = attn1.to_out[1](attn1.to_out[0](a.to(h.dtype))) / attn1.rescale_output_factor
+
+            def attend(attn, q, k_t, v, mask):
+                """pad to whole Skiparse groups, regroup, attend, ungroup, crop, output projection"""
+                if rows > s1 - s0:
+                    q = F.pad(q, (0, 0, 0, 0, 0, rows - (s1 - s0)))
+                a = _attention_in_row_chunks(heads_first(regroup(q)), k_t, v, mask, root_scale)
+                b_, n_, s_, d_ = a.shape
+                a = ungroup(a.permute(2, 0, 1, 3).reshape(s_, b_, n_ * d_), rows)[: s1 - s0]
+                return attn.to_out[1](attn.to_out[0](a.to(h.dtype))) / attn.rescale_output_factor
+
+            a = attend(attn1, roped(attn1.to_q(n), s0, s1), key_t, value_h, attention_mask)
+            del n
             chunk = h[s0:s1]
             chunk.add_(gate_msa * a)                                            # hidden = gate·attn + hidden
-            q = attn2.to_q(chunk).view(-1, batch, inner)
-            if rows > s1 - s0:
-                q = F.pad(q, (0, 0, 0, 0, 0, rows - (s1 - s0)))
-            q = heads_first(regroup(q))
-            a = _attention_in_row_chunks(q, text_k_t, text_v, encoder_attention_mask, root_scale)
-            del q
-            b_, n_, s_, d_ = a.shape
-            a = ungroup(a.permute(2, 0, 1, 3).reshape(s_, b_, n_ * d_), rows)[: s1 - s0]
-            a = attn2.to_out[1](attn2.to_out[0](a.to(h.dtype))) / attn2.rescale_output_factor
+            a = attend(attn2, attn2.to_q(chunk).view(-1, batch, inner), text_k_t, text_v, encoder_attention_mask)
             chunk.add_(a)                                                       # hidden = attn + hidden
             n = self.norm2(chunk)
             n = n * (1 + scale_mlp) + shift_mlp
