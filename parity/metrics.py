@@ -5,10 +5,10 @@ real dtype, same shape) chunk by chunk (default 128Ki elements, so a chunk and i
 cache), reusing chunk-sized buffers: no full-size temporary is ever made, and nothing is read twice
 (except in the rare fallbacks named below). Per chunk without NaN/Inf (the fast path):
 
-* Δ = sub − ref and |Δ| (in place), four BLAS dots Σ Δ·ref, Σ ref², Σ Δ², Σ |Δ| (float32 partials,
-  accumulated in float64). Their finiteness doubles as the NaN/Inf detector: a chunk whose sums are not
-  finite takes the slower masked path.
-* max/min of ref, for the default rel floor (a running max |ref|; see ``max_rel``).
+* |Δ| = |sub − ref| into the chunk buffer, the sums Σ Δ·ref, Σ ref², Σ Δ², Σ |Δ| (working-dtype partials,
+  accumulated in float64) and max |ref| (for the default rel floor, see ``max_rel``), all from one read of
+  ref and sub (``parity.fused.chunk_sums``: one compiled loop with numba, numpy calls without). The sums'
+  finiteness doubles as the NaN/Inf detector: a chunk whose sums are not finite takes the masked path.
 * one comparison |Δ| > θ: the elements above θ = min(max_abs, max(0, max_e), atol, θ_rel) are the only ones
   that can still change max |Δ|, the min passing atol, the tolerance count or max rel. They are located
   word by word (8 bools at a time: numpy's nonzero/boolean indexing cost ~0.15 ns per mask byte plus
@@ -17,10 +17,12 @@ cache), reusing chunk-sized buffers: no full-size temporary is ever made, and no
 * p99: |Δ| > hi is counted, and the few |Δ| in a narrow band [lo, hi] around the predicted p99 are kept
   (two comparisons, one count, one word scan).
 
-Measured on the 2-core dev box (2 × 50M float32, passing probe, alternating rounds): ~0.35 of the
-throughput of ``read_bandwidth_probe`` (``a.sum()``), was ~0.25 with a separate max|ref| pre-scan.
-Subtraction, |Δ|, the four dots and max/min of ref alone already run at ~0.55 of it; each further
-vectorized pass over a chunk costs ~0.02-0.03, and the exact p99 and candidate screening need five.
+Measured on the 2-core dev box (2 × 50M float32, passing probe, alternating rounds, nothing else running):
+0.56 of the throughput of ``read_bandwidth_probe`` (``a.sum()``) with the compiled chunk loop (12.1 vs
+21.6 GB/s), ~0.35 with numpy calls only (a subtraction, an abs, four BLAS dots and max/min of ref already
+cost ~0.55 of it). The rest is the candidate screening and the p99 band: a few comparisons and word scans
+per chunk. Cutting probes into segments passed on two threads gained only 3% here (the screening holds
+the GIL between its numpy calls), so the pass is single-threaded.
 
 Definitions (Δ = sub − ref, computed in the *working dtype*: float32 when both inputs are at most 32-bit
 floats or small ints/bools, else float64 — the arithmetic ``numpy.isclose`` uses for float32/float64):
@@ -72,6 +74,7 @@ Throughput (``make bench``): ``read_bandwidth_probe()`` times ``a.sum()`` on a l
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -79,7 +82,7 @@ from typing import Any
 import numpy as np
 
 from parity.errors import ParityError
-from parity.errors import ParityError
+from parity.fused import chunk_sums
 
 DEFAULT_CHUNK_ELEMS = 131072
 REL_FLOOR_FACTOR = 1e-3
@@ -178,16 +181,34 @@ def _as_array(a, what: str, name: str | None) -> np.ndarray:
         raise ParityError(f"{label}{what} is not array-like ({exc})") from None
 
 
+_local = threading.local()
+
+
+def _reused(key: tuple, make, *args) -> np.ndarray:
+    """A work array kept per thread and handed to every later pass of that thread: fresh chunk-sized numpy
+    arrays cost a page fault per 4 KiB here (more than the arithmetic on them). Callers never keep results
+    in these arrays past their own pass."""
+    cache = getattr(_local, "arrays", None)
+    if cache is None:
+        cache = _local.arrays = {}
+    a = cache.get(key)
+    if a is None:
+        if len(cache) > 64:  # many chunk sizes (tests): start over
+            cache.clear()
+        a = cache[key] = make(*args)
+    return a
+
+
 class _Source:
     """Chunked, copy-free (when possible) access to one input, converted to the working dtype."""
 
-    def __init__(self, a: np.ndarray, work: np.dtype, chunk: int):
+    def __init__(self, a: np.ndarray, work: np.dtype, chunk: int, role: str):
         self.a = a
         self.work = work
         self.contig = a.flags.c_contiguous
         self.flat = a.reshape(-1) if self.contig else None
         self.direct = self.contig and a.dtype == work
-        self.buf = None if self.direct else np.empty(chunk, dtype=work)
+        self.buf = None if self.direct else _reused(("src", role, work.str, chunk), np.empty, chunk, work)
 
     def get(self, i: int, j: int) -> np.ndarray:
         src = self.flat[i:j] if self.contig else self.a.flat[i:j]
@@ -347,15 +368,16 @@ class _Acc:
         self.rtol = float(rtol)
         self.atol_w = float(work.type(atol))
         self.eps = float(np.finfo(work).eps)
-        self.d = np.empty(chunk, work)
-        self.ones = np.ones(chunk, work)
-        self.m1 = np.empty(chunk, bool)
-        self.m2 = np.empty(chunk, bool)
+        key = (work.str, chunk)
+        self.d = _reused(("d",) + key, np.empty, chunk, work)
+        self.ones = _reused(("ones",) + key, np.ones, chunk, work)
+        self.m1 = _reused(("m1",) + key, np.empty, chunk, bool)
+        self.m2 = _reused(("m2",) + key, np.empty, chunk, bool)
         # word-level scans of the bool masks: numpy's nonzero/boolean indexing cost ~0.15 ns per mask byte
         # plus ~20 ns per hit, so the masks are first scanned W bytes at a time (one vectorized compare of
         # m/W words viewed as `wdt`), and only the few words with a hit are looked at
         self.wdt, self.W = _word_view()
-        self.wf = np.empty(chunk // self.W, bool)
+        self.wf = _reused(("wf", self.W) + key, np.empty, chunk // self.W, bool)
         self.word_ok = chunk % self.W == 0
         self.m1w = self.m1.view(self.wdt) if self.word_ok else None
         self.m2w = self.m2.view(self.wdt) if self.word_ok else None
@@ -417,12 +439,7 @@ class _Acc:
         self.done = i + m
         full = m == self.chunk
         d = self.d if full else self.d[:m]
-        np.subtract(s, r, out=d)
-        s_dr = float(np.dot(d, r))
-        s_rr = float(np.dot(r, r))
-        np.abs(d, out=d)
-        s_dd = float(np.dot(d, d))
-        s_abs = float(np.dot(d, self.ones if full else self.ones[:m]))
+        s_dr, s_rr, s_dd, s_abs, a = chunk_sums(r, s, d, self.ones if full else self.ones[:m])
         if not math.isfinite(s_dd + s_dr + s_rr + s_abs):  # NaN/Inf in the chunk, or a float overflow
             self._slow(r, s, i)
         else:
@@ -433,12 +450,8 @@ class _Acc:
             self.s_dd += s_dd
             self.s_dr += s_dr
             self.s_rr += s_rr
-            if not self.known:
-                hi = float(np.maximum.reduce(r))
-                lo = float(np.minimum.reduce(r))
-                a = hi if hi >= -lo else -lo
-                if a > self.amax:
-                    self._raise_amax(a)
+            if not self.known and a > self.amax:
+                self._raise_amax(a)
             if full and self.word_ok:
                 self._fast(d, r, s, i)
             else:
@@ -494,8 +507,9 @@ class _Acc:
         self._flush()  # keep candidates in position order (first occurrence of the max wins)
         m = r.shape[0]
         if self.sbuf is None:
-            self.sbuf = np.empty((6, self.chunk), bool)
-            self.cbuf = np.empty((2, self.chunk), self.work)
+            key = (self.work.str, self.chunk)
+            self.sbuf = _reused(("sbuf",) + key, np.empty, (6, self.chunk), bool)
+            self.cbuf = _reused(("cbuf",) + key, np.empty, (2, self.chunk), self.work)
         fr, fs, both, nr, ns, mism = (b[:m] for b in self.sbuf)
         np.isfinite(r, out=fr)
         np.isfinite(s, out=fs)
@@ -603,8 +617,9 @@ class _Acc:
         reused whenever they fit."""
         if m <= self.chunk and dt == self.work:
             if self.tbuf is None:
-                self.tbuf = np.empty((3, self.chunk), self.work)
-                self.tbool = np.empty((2, self.chunk), bool)
+                key = (self.work.str, self.chunk)
+                self.tbuf = _reused(("tbuf",) + key, np.empty, (3, self.chunk), self.work)
+                self.tbool = _reused(("tbool",) + key, np.empty, (2, self.chunk), bool)
             return (self.tbuf[0, :m], self.tbuf[1, :m], self.tbuf[2, :m], self.tbool[0, :m], self.tbool[1, :m])
         return (np.empty(m, dt), np.empty(m, dt), np.empty(m, dt), np.empty(m, bool), np.empty(m, bool))
 
@@ -890,6 +905,7 @@ class _Acc:
         return best
 
 
+
 # ----------------------------------------------------------------------------------------------------------
 
 def compute_metrics(ref, sub, *, atol: float, rtol: float, rel_floor: float | None = None,
@@ -920,8 +936,8 @@ def compute_metrics(ref, sub, *, atol: float, rtol: float, rel_floor: float | No
     n = int(ref.size)
     chunk = min(max(1, int(chunk_elems)), max(n, 1))
 
-    src_r = _Source(ref, work, chunk)
-    src_s = _Source(sub, work, chunk)
+    src_r = _Source(ref, work, chunk, "ref")
+    src_s = _Source(sub, work, chunk, "sub")
     with np.errstate(all="ignore"):
         if rel_floor is not None:
             floor = float(work.type(float(rel_floor)))

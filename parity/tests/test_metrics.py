@@ -22,6 +22,21 @@ from parity.metrics import (
 
 
 # ----------------------------------------------------------------------------------------------------------
+# every test runs with both versions of the per-chunk arithmetic (parity.fused): the compiled loop and the
+# numpy calls; every exact metric must come out the same
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def chunk_kernel(request, monkeypatch):
+    from parity import fused
+
+    if request.param == "numpy":
+        monkeypatch.setattr(fused, "_compiled", False)
+    else:
+        assert fused._kernel(), "numba is a dependency: the compiled chunk loop must be available"
+    return request.param
+
+
+# ----------------------------------------------------------------------------------------------------------
 # the reference: plain numpy over whole arrays
 
 def _work(r, s):
@@ -572,3 +587,37 @@ def test_fast_path_on_converted_and_strided_sources(tmp_path):
     for a, b in ((mr, ms), (mr.T, ms.T), (r.astype(np.float16), s), (r.T.astype(np.float16), s.T)):
         m = compute_metrics(a, b, atol=1e-3, rtol=1e-3, chunk_elems=4096)
         check(m, np.asarray(a), np.asarray(b), 1e-3, 1e-3)
+
+
+
+def test_compiled_and_numpy_chunk_arithmetic_agree(monkeypatch):
+    from parity import fused
+
+    rng = np.random.default_rng(21)
+    r, s = _big_pair(rng, 300_000)
+    s[rng.random(r.size) < 0.001] += 1e-4
+    for dt in (np.float32, np.float64):
+        rr, ss = r.astype(dt), s.astype(dt)
+        monkeypatch.setattr(fused, "_compiled", None)  # whatever the autouse fixture chose: build it again
+        compiled = compute_metrics(rr, ss, atol=1e-5, rtol=1e-5, chunk_elems=32768)
+        monkeypatch.setattr(fused, "_compiled", False)
+        plain = compute_metrics(rr, ss, atol=1e-5, rtol=1e-5, chunk_elems=32768)
+        for k in ("n_compared", "max_abs", "max_rel", "rel_floor", "p99_abs", "n_outside", "min_passing_atol",
+                  "argmax_abs", "ref_at_max", "sub_at_max"):
+            assert getattr(compiled, k) == getattr(plain, k), k
+        assert compiled.mean_abs == pytest.approx(plain.mean_abs, rel=1e-6)
+        assert compiled.rel_fro == pytest.approx(plain.rel_fro, rel=1e-6)
+        assert (1 - compiled.cosine) == pytest.approx(1 - plain.cosine, rel=1e-4)
+
+
+def test_chunk_sums_max_abs_ref_from_bits():
+    from parity.fused import chunk_sums, chunk_sums_numpy
+
+    for dt in (np.float32, np.float64):
+        r = np.array([0.5, -7.25, 3.0, -0.0, 6.5], dt)
+        s = r + dt(0.25)
+        d1, d2, ones = np.empty_like(r), np.empty_like(r), np.ones_like(r)
+        got, want = chunk_sums(r, s, d1, ones), chunk_sums_numpy(r, s, d2, ones)
+        assert got[4] == want[4] == 7.25
+        assert np.array_equal(d1, d2)
+        assert got[:4] == pytest.approx(want[:4], rel=1e-7)
