@@ -907,6 +907,8 @@ def set_precision(cell: nn.Cell, precision: str, device: str = "CPU") -> Numeric
         if param.has_init:
             param.set_dtype(numerics.dtype)
             continue
+        if param.dtype == numerics.dtype and numerics.logical == "float32":
+            continue  # float32 values already: the round trip below would only copy them (3 transient copies)
         data = param.asnumpy().astype(np.float32) if param.dtype != ms.bfloat16 else \
             param.astype(ms.float32).asnumpy()
         if param.dtype != numerics.dtype:
