@@ -420,9 +420,13 @@ def real_child(framework: str, layers: int, grid=REAL_GRID) -> dict:
     """Runs in a subprocess: build at the released width with ``layers`` blocks, one forward, report memory."""
     from parity.families.opensora_v13.config import released_2b_config
 
+    from parity.heap import return_large_blocks_to_os
+
     cfg = released_2b_config().replace(num_layers=layers).to_dict()
     inputs = make_inputs(cfg, grid, REAL_TEXT, seed=0)
-    rep = {"framework": framework, "layers": layers, "tokens": tokens_of(cfg, grid), "text_tokens": REAL_TEXT}
+    rep_heap = return_large_blocks_to_os()
+    rep = {"framework": framework, "layers": layers, "tokens": tokens_of(cfg, grid), "text_tokens": REAL_TEXT,
+           "large_blocks_mmapped": rep_heap}
     if framework == "torch":
         import torch
 
