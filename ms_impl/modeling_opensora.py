@@ -60,7 +60,7 @@ FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
 # group's queries, keys and values, and one chunk of STREAM_CHUNK_TOKENS tokens. Below it (every committed fixture
 # and test config) a block runs as upstream.
 STREAM_BLOCK_ELEMENTS = 32 * 1024 * 1024
-STREAM_CHUNK_TOKENS = 512
+STREAM_CHUNK_TOKENS = 256
 # Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (released 24 heads: 8 groups; a group's queries,
 # keys and values = 3/8 of a hidden state); streamed attention calls hold at most STREAM_ATTENTION_SCORES scores.
 STREAM_GROUP_HEADS = 3
@@ -295,16 +295,22 @@ class PatchEmbed2D(Cell):
         return latent.reshape(b, t, d, hp, wp).transpose(0, 1, 3, 4, 2).reshape(b, t * hp * wp, d)
 
     def _construct_per_frame(self, latent):
-        """``construct`` one frame at a time into the token layout (real sizes: the convolution's output and its
-        permuted copy exist for one frame only; the convolution is per frame anyway)."""
-        t = latent.shape[2]
+        """``construct`` in bands of patch rows of one frame, into the token layout (real sizes: the
+        convolution's output and its permuted copy exist for about STREAM_CHUNK_TOKENS tokens only; with
+        stride = kernel every output patch is its own dot product, so the values are unchanged)."""
+        b, _, t, h, w = latent.shape
+        p = self.proj.stride[-1]
+        hp, wp = h // p, w // p
+        band = max(1, STREAM_CHUNK_TOKENS // wp)
         out = None
         for f in range(t):
-            x = self.numerics(self.proj(latent[:, :, f]))                        # b D h' w'
-            b, d, hp, wp = x.shape
-            if out is None:
-                out = ops.zeros((b, t * hp * wp, d), x.dtype)
-            out[:, f * hp * wp:(f + 1) * hp * wp] = x.transpose(0, 2, 3, 1).reshape(b, hp * wp, d)
+            for r0 in range(0, hp, band):
+                r1 = min(hp, r0 + band)
+                x = self.numerics(self.proj(latent[:, :, f, r0 * p:r1 * p]))   # b D rows w'
+                if out is None:
+                    out = ops.zeros((b, t * hp * wp, x.shape[1]), x.dtype)
+                start = (f * hp + r0) * wp
+                out[:, start:start + (r1 - r0) * wp] = x.transpose(0, 2, 3, 1).reshape(b, (r1 - r0) * wp, -1)
         return out
 
 

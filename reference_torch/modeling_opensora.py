@@ -44,7 +44,7 @@ FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
 # group's queries, keys and values, and one chunk of STREAM_CHUNK_TOKENS tokens — under three hidden states
 # instead of eight. Below it (every committed fixture and test config) the block runs exactly as upstream.
 STREAM_BLOCK_ELEMENTS = 32 * 1024 * 1024
-STREAM_CHUNK_TOKENS = 512
+STREAM_CHUNK_TOKENS = 256
 # Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (at the released 24 heads: 8 groups, one group's
 # queries, keys and values = 3/8 of a hidden state), and every streamed attention call holds at most
 # STREAM_ATTENTION_SCORES scores (two 16 MiB fp32 buffers).
