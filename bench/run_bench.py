@@ -17,8 +17,11 @@ except the dump I/O throughputs and the real-size peak RSS.
   every state through its memmap (files are in the page cache: this is the harness's own cost, not the disk's).
 * ``real_size_peak_rss_gb``: one forward at the released width (hidden 2304, 24 heads, caption 4096, 512 text
   tokens) on the real latent grid 24x44x80 (21,120 tokens, Skiparse 4) with 3 layers (blocks 0, 1 dense,
-  block 2 Skiparse single skip), each framework in its own subprocess; peak RSS against weights + three hidden
-  states.
+  block 2 Skiparse single skip), each framework in its own subprocess. Reported: the absolute peak (VmHWM, max of
+  the frameworks) and, per framework, the peak above the baseline (VmRSS after importing and setting up the
+  framework and building the inputs, before building the model: the runtime itself cannot be removed), which
+  is judged against weights + three hidden states (``real_size_peak_above_baseline_gb``, ``real_size_budget_gb``,
+  ``real_size_target_met``).
 
 Options: ``--quick`` (smaller sizes, for a smoke run), ``--real-layers N``, ``--skip-real``, ``--out FILE``.
 """
@@ -57,6 +60,8 @@ SMALL_GRID = (6, 32, 48)      # latent T, H, W -> 6 x 16 x 24 = 2,304 tokens
 SMALL_TEXT = 128
 REAL_GRID = (24, 44, 80)      # 93x352x640 video -> latent 24x44x80 -> 21,120 tokens
 REAL_TEXT = 512
+BASELINE_DEFINITION = ("VmRSS of the child process after importing and setting up the framework and building "
+                       "the numpy inputs, before building the model")
 
 
 def make_inputs(cfg: dict, grid, text_len: int, seed: int = 0) -> dict:
@@ -415,9 +420,13 @@ def real_child(framework: str, layers: int, grid=REAL_GRID) -> dict:
     """Runs in a subprocess: build at the released width with ``layers`` blocks, one forward, report memory."""
     from parity.families.opensora_v13.config import released_2b_config
 
+    from parity.heap import return_large_blocks_to_os
+
     cfg = released_2b_config().replace(num_layers=layers).to_dict()
     inputs = make_inputs(cfg, grid, REAL_TEXT, seed=0)
-    rep = {"framework": framework, "layers": layers, "tokens": tokens_of(cfg, grid), "text_tokens": REAL_TEXT}
+    rep_heap = return_large_blocks_to_os()
+    rep = {"framework": framework, "layers": layers, "tokens": tokens_of(cfg, grid), "text_tokens": REAL_TEXT,
+           "large_blocks_mmapped": rep_heap}
     if framework == "torch":
         import torch
 
@@ -425,7 +434,7 @@ def real_child(framework: str, layers: int, grid=REAL_GRID) -> dict:
         from reference_torch.modeling_opensora import OpenSoraT2V_v1_3
 
         torch.set_num_threads(len(os.sched_getaffinity(0)))
-        rep["rss_after_import_gb"] = rss_now_gb()
+        rep["baseline_rss_gb"] = rss_now_gb()
         torch.manual_seed(0)
         model = OpenSoraT2V_v1_3.from_config(cfg).eval()
         rep["params"] = int(sum(p.numel() for p in model.parameters()))
@@ -437,7 +446,7 @@ def real_child(framework: str, layers: int, grid=REAL_GRID) -> dict:
         from ms_impl.modeling_opensora import OpenSoraT2V_v1_3, set_attention_backend
 
         MH.setup_context("CPU")
-        rep["rss_after_import_gb"] = rss_now_gb()
+        rep["baseline_rss_gb"] = rss_now_gb()
         ms.set_seed(0)
         model = OpenSoraT2V_v1_3(cfg)
         model.set_train(False)
@@ -466,7 +475,8 @@ def bench_real(layers: int, grid=REAL_GRID, frameworks=("torch", "mindspore")) -
     tokens = tokens_of(cfg.to_dict(), grid)
     hidden_bytes = tokens * cfg.hidden_size * 4
     out = {"layers": layers, "tokens": tokens, "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
-           "hidden_state_gb": round(hidden_bytes / GB, 4), "runs": {}}
+           "hidden_state_gb": round(hidden_bytes / GB, 4), "baseline": BASELINE_DEFINITION,
+           "target": "peak_above_baseline_gb <= budget_gb = weights (fp32) + 3 hidden states", "runs": {}}
     if tuple(grid) != REAL_GRID:
         out["grid_note"] = f"latent grid {grid} instead of the real {REAL_GRID} (smoke run)"
     for fw in frameworks:
@@ -485,10 +495,12 @@ def bench_real(layers: int, grid=REAL_GRID, frameworks=("torch", "mindspore")) -
         weights_gb = rep["params"] * 4 / GB
         rep["weights_gb"] = round(weights_gb, 3)
         rep["budget_gb"] = round(weights_gb + 3 * hidden_bytes / GB, 3)
-        rep["peak_above_runtime_gb"] = round(rep["peak_process_gb"] - rep["rss_after_import_gb"], 3)
+        rep["peak_above_baseline_gb"] = round(rep["peak_process_gb"] - rep["baseline_rss_gb"], 3)
+        rep["within_budget"] = rep["peak_above_baseline_gb"] <= rep["budget_gb"]
+        # what the forward holds beyond the built model, in hidden states
         rep["forward_peak_above_weights_hidden_states"] = round(
             (rep["peak_forward_gb"] - rep["rss_after_build_gb"]) / (hidden_bytes / GB), 2)
-        for k in ("rss_after_import_gb", "rss_after_build_gb", "peak_build_gb", "peak_forward_gb", "peak_process_gb"):
+        for k in ("baseline_rss_gb", "rss_after_build_gb", "peak_build_gb", "peak_forward_gb", "peak_process_gb"):
             rep[k] = round(rep[k], 3)
         out["runs"][fw] = rep
     return out
@@ -534,15 +546,18 @@ def table(res: dict) -> str:
         if "error" in run:
             rows.append((f"real size {fw}", run["error"][:60], "", "NO"))
             continue
-        rows.append((f"real size peak RSS, {fw} ({r['layers']} layers, {r['tokens']} tok)",
-                     f"{run['peak_process_gb']:.2f} GB ({run['peak_above_runtime_gb']:.2f} above runtime; "
-                     f"{run['forward_s']:.0f} s)",
-                     f"<= {run['budget_gb']:.2f} (w + 3 states)", _met(run["peak_above_runtime_gb"], run["budget_gb"], "<=")))
+        rows.append((f"real size peak RSS above baseline*, {fw} ({r['layers']} layers, {r['tokens']} tok)",
+                     f"{run['peak_above_baseline_gb']:.2f} GB (VmHWM {run['peak_process_gb']:.2f} - baseline "
+                     f"{run['baseline_rss_gb']:.2f}; {run['forward_s']:.0f} s)",
+                     f"<= {run['budget_gb']:.2f} (w + 3 states)",
+                     _met(run["peak_above_baseline_gb"], run["budget_gb"], "<=")))
     w = max(len(a) for a, *_ in rows) if rows else 10
     v = max(len(b) for _, b, *_ in rows) if rows else 10
     t = max(len(c) for _, _, c, _ in rows) if rows else 10
     lines = [f"{'figure':<{w}}  {'value':<{v}}  {'target':<{t}}  met?", "-" * (w + v + t + 10)]
     lines += [f"{a:<{w}}  {b:<{v}}  {c:<{t}}  {d}" for a, b, c, d in rows]
+    if r.get("runs"):
+        lines.append(f"* baseline = {BASELINE_DEFINITION}")
     return "\n".join(lines)
 
 
@@ -590,10 +605,19 @@ def main(argv=None) -> int:
     res["dump_write_gbps"] = res.get("dump_io", {}).get("dump_write_gbps")
     res["dump_load_gbps"] = res.get("dump_io", {}).get("dump_load_gbps")
     runs = res.get("real", {}).get("runs", {})
-    res["real_size_peak_rss_gb"] = {fw: r.get("peak_process_gb") for fw, r in runs.items()} or None
+    peaks = {fw: r.get("peak_process_gb") for fw, r in runs.items() if "error" not in r}
+    res["real_size_peak_rss_gb"] = max(peaks.values()) if peaks else None
+    res["real_size_peak_rss_by_framework_gb"] = peaks or None
+    res["real_size_peak_above_baseline_gb"] = {fw: r["peak_above_baseline_gb"] for fw, r in runs.items()
+                                               if "error" not in r} or None
+    budgets = [r["budget_gb"] for r in runs.values() if "error" not in r]
+    res["real_size_budget_gb"] = budgets[0] if budgets else None
+    res["real_size_target_met"] = (all(r.get("within_budget", False) for r in runs.values()) if runs else None)
     res["targets"] = {"metrics_vs_read_probe": ">= 0.5", "capture_overhead": "<= 1.15",
                       "ms_vs_torch_forward": "<= 1.25 x ms_vs_torch_matmul",
-                      "real_size_peak_rss_gb": "weights + 3 hidden states (see real.runs.*.budget_gb)"}
+                      "real_size_peak_rss_gb": "absolute VmHWM, max of the frameworks (information)",
+                      "real_size_peak_above_baseline_gb": "<= real_size_budget_gb = weights + 3 hidden states, "
+                                                          "every framework (baseline: see real.baseline)"}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)

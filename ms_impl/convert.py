@@ -15,6 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from parity.errors import ParityError
+from parity.safetensors_io import release_pages
 from parity.weights import state_dict_problems
 from parity.families.opensora_v13.config import OpenSoraConfig
 
@@ -74,3 +75,4 @@ def load_into(model, tensors: Mapping[str, np.ndarray]) -> None:
         if param.dtype != ms.float32:
             param.set_dtype(ms.float32)
         param.set_data(ms.Tensor(arr))
+        release_pages(tensors[name])

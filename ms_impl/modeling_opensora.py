@@ -56,10 +56,15 @@ MASK_BIAS = -10000.0        # additive bias of a masked video patch / text token
 FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
 # Blocks whose hidden states hold more than this many elements (B·S·D; released size 21,120 x 2,304) run
 # token-streamed with the portable attention backend (``BasicTransformerBlock._construct_streamed``): the same
-# math holding only the residual stream (updated in place), the self-attention keys and values and one chunk of
-# STREAM_CHUNK_TOKENS tokens. Below it (every committed fixture and test config) a block runs as upstream.
+# math holding only the residual stream (updated in place), the self-attention outputs of all tokens, one head
+# group's queries, keys and values, and one chunk of STREAM_CHUNK_TOKENS tokens. Below it (every committed fixture
+# and test config) a block runs as upstream.
 STREAM_BLOCK_ELEMENTS = 32 * 1024 * 1024
-STREAM_CHUNK_TOKENS = 1024
+STREAM_CHUNK_TOKENS = 256
+# Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (released 24 heads: 8 groups; a group's queries,
+# keys and values = 3/8 of a hidden state); streamed attention calls hold at most STREAM_ATTENTION_SCORES scores.
+STREAM_GROUP_HEADS = 3
+STREAM_ATTENTION_SCORES = 2 * 1024 * 1024
 SPARSE_PAD_BIAS = -9980.0   # additive bias of a Skiparse padding token
 
 
@@ -114,10 +119,18 @@ class Linear(Cell):
         self.bias = Parameter(initializer(Uniform(bound), (out_features,), ms.float32)) if bias else None
 
     def construct(self, x):
-        if self.bias is not None and explicit_broadcast() and x.dtype in (ms.float32, ms.float16):
-            y = ops.dense(x, self.weight, None)  # + bias, explicitly broadcast: bit-identical to the fused call
-            return self.numerics(y + bcast(self.bias, y))
-        return self.numerics(ops.dense(x, self.weight, self.bias))
+        return self._dense(x, self.weight, self.bias)
+
+    def rows(self, x, start, stop):
+        """``construct(x)[..., start:stop]``, computing only those output features (bit-identical: each output
+        feature is its own dot product over the same inputs)."""
+        return self._dense(x, self.weight[start:stop], None if self.bias is None else self.bias[start:stop])
+
+    def _dense(self, x, weight, bias):
+        if bias is not None and explicit_broadcast() and x.dtype in (ms.float32, ms.float16):
+            y = ops.dense(x, weight, None)  # + bias, explicitly broadcast: bit-identical to the fused call
+            return self.numerics(y + bcast(bias, y))
+        return self.numerics(ops.dense(x, weight, bias))
 
 
 class LayerNorm(Cell):
@@ -273,10 +286,32 @@ class PatchEmbed2D(Cell):
 
     def construct(self, latent):
         b, c, t, h, w = latent.shape
+        p = self.proj.stride[-1]
+        if b * t * (h // p) * (w // p) * self.proj.out_channels > STREAM_BLOCK_ELEMENTS:
+            return self._construct_per_frame(latent)
         latent = latent.transpose(0, 2, 1, 3, 4).reshape(b * t, c, h, w)          # b c t h w -> (b t) c h w
         latent = self.numerics(self.proj(latent))
         _, d, hp, wp = latent.shape
         return latent.reshape(b, t, d, hp, wp).transpose(0, 1, 3, 4, 2).reshape(b, t * hp * wp, d)
+
+    def _construct_per_frame(self, latent):
+        """``construct`` in bands of patch rows of one frame, into the token layout (real sizes: the
+        convolution's output and its permuted copy exist for about STREAM_CHUNK_TOKENS tokens only; with
+        stride = kernel every output patch is its own dot product, so the values are unchanged)."""
+        b, _, t, h, w = latent.shape
+        p = self.proj.stride[-1]
+        hp, wp = h // p, w // p
+        band = max(1, STREAM_CHUNK_TOKENS // wp)
+        out = None
+        for f in range(t):
+            for r0 in range(0, hp, band):
+                r1 = min(hp, r0 + band)
+                x = self.numerics(self.proj(latent[:, :, f, r0 * p:r1 * p]))   # b D rows w'
+                if out is None:
+                    out = ops.zeros((b, t * hp * wp, x.shape[1]), x.dtype)
+                start = (f * hp + r0) * wp
+                out[:, start:start + (r1 - r0) * wp] = x.transpose(0, 2, 3, 1).reshape(b, (r1 - r0) * wp, -1)
+        return out
 
 
 class PositionGetter3D:
@@ -571,11 +606,11 @@ class BasicTransformerBlock(Cell):
         """``construct`` in token chunks, for real-size inputs (see ``STREAM_BLOCK_ELEMENTS``); the twin of the
         torch reference's ``_forward_streamed``.
 
-        (1) The self-attention keys (transposed) and values of all tokens are computed chunk by chunk straight
-        into the portable attention's layout (Skiparse regrouped, zero padding as ``_sparse_1d`` pads); (2) per
-        chunk of tokens (aligned to sparse_n² so a chunk maps to a contiguous run of every sub-sequence): queries,
-        attention against all keys, output projection and gated residual, cross-attention and the modulated FFN,
-        written back into ``hidden_states`` in place. Hooks inside the block are not called on this path.
+        (1) Self-attention runs one group of heads at a time (``_streamed_self_attention``) into a buffer of the
+        attention outputs of all tokens (the output projection's input); (2) per chunk of tokens (aligned to
+        sparse_n² so a chunk maps to a contiguous run of every sub-sequence): output projection and gated
+        residual, cross-attention and the modulated FFN, written back into ``hidden_states`` in place. Hooks
+        inside the block are not called on this path.
         """
         r = self.numerics
         h = hidden_states                                                       # (B, S, D)
@@ -583,94 +618,133 @@ class BasicTransformerBlock(Cell):
         modulation = r(self.scale_shift_table[None] + timestep.reshape(batch, 6, -1))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(modulation, 6, axis=1)
         attn1, attn2 = self.attn1, self.attn2
-        proc = attn1.processor
-        heads = attn1.heads
-        inner = attn1.inner_dim
-        head_dim = inner // heads
-        k = proc.sparse_n if proc.sparse1d else 1
-        unit = k * k if proc.sparse1d else 1
-        seq_pad = seq + (-seq % unit)
-        poses, max_poses = proc.position_getter(batch, t=frame, h=height, w=width)
-        step = max(unit, STREAM_CHUNK_TOKENS // unit * unit)
-        seam = attention_seam
+        stream = _TokenStream(attn1, batch, seq, frame, height, width)
+        attended = self._streamed_self_attention(h, stream, shift_msa, scale_msa, attention_mask)
 
-        def roped(x, s0, s1):  # (B, L, inner): the processor's RoPE on the rows' own grid positions
-            x = proc.rope(x.reshape(batch, -1, heads, head_dim), (tuple(p[s0:s1] for p in poses), max_poses), r)
-            return x.reshape(batch, -1, inner)
-
-        def padded(x, rows):
-            return ops.pad(x, (0, 0, 0, rows - x.shape[1])) if rows > x.shape[1] else x
-
-        def regroup(x, p):  # (B, L, C), L unit-aligned -> (k·B, L/k, C): a run of ``p._sparse_1d``'s layout
-            if not p.sparse1d:
-                return x
-            b, n_tok, c = x.shape
-            if not p.sparse_group:
-                return x.reshape(b, n_tok // k, k, c).transpose(2, 0, 1, 3).reshape(k * b, n_tok // k, c)
-            return x.reshape(b, n_tok // unit, k, k, c).transpose(2, 0, 1, 3, 4).reshape(k * b, n_tok // k, c)
-
-        def ungroup(x, p, n_tok):  # inverse of regroup
-            if not p.sparse1d:
-                return x
-            kb, g, c = x.shape
-            if not p.sparse_group:
-                return x.reshape(k, kb // k, g, c).transpose(1, 2, 0, 3).reshape(kb // k, n_tok, c)
-            return x.reshape(k, kb // k, n_tok // unit, k, c).transpose(1, 2, 0, 3, 4).reshape(kb // k, n_tok, c)
-
-        def norm_mod(x, norm, shift, scale):
-            return modulate(norm(x), shift, scale, r)
-
-        # (1) keys (transposed) and values of every token, in the portable seam's layout
-        g_all = seq_pad // k
-        key_t = ops.zeros((k * batch, heads, head_dim, g_all), ms.float32)
-        values = ops.zeros((k * batch, heads, g_all, head_dim), ms.float32)
-        for s0 in range(0, seq, step):
-            s1 = min(seq, s0 + step)
-            rows = -(-(s1 - s0) // unit) * unit
-            n = norm_mod(h[:, s0:s1], self.norm1, shift_msa, scale_msa)
-            kc = regroup(padded(roped(attn1.to_k(n), s0, s1), rows), proc)
-            vc = regroup(padded(attn1.to_v(n), rows), proc)
-            del n
-            kc, vc = seam.prepare_keys(kc, vc, heads)
-            g0 = s0 // k
-            key_t[:, :, :, g0:g0 + kc.shape[-1]] = kc
-            values[:, :, g0:g0 + vc.shape[2]] = vc
-            del kc, vc
         text_k = attn2.to_k(encoder_hidden_states)
         text_v = attn2.to_v(encoder_hidden_states)
         if attn2.processor.sparse1d:
             text_k, text_v = attn2.processor._sparse_1d_kv(text_k), attn2.processor._sparse_1d_kv(text_v)
-        text_k_t, text_v = seam.prepare_keys(text_k, text_v, heads)
+        text_k_t, text_v = attention_seam.prepare_keys(text_k, text_v, attn2.heads)
         del text_k
 
-        # (2) per chunk of tokens: self-attention (queries), cross-attention, feed-forward, in place
-        for s0 in range(0, seq, step):
-            s1 = min(seq, s0 + step)
-            rows = -(-(s1 - s0) // unit) * unit
+        for s0, s1, rows in stream.chunks():
             chunk = h[:, s0:s1]
-            n = norm_mod(chunk, self.norm1, shift_msa, scale_msa)
-            q = regroup(padded(roped(attn1.to_q(n), s0, s1), rows), proc)
-            del n
-            a = r(seam.attend_prepared(q, key_t, values, attention_mask, heads=heads, scale=attn1.scale))
-            a = ungroup(a, proc, rows)[:, :s1 - s0]
-            a = attn1.to_out[1](attn1.to_out[0](a))
+            a = attn1.to_out[1](attn1.to_out[0](attended[:, s0:s1]))
             if attn1.rescale_output_factor != 1.0:
                 a = r(a / attn1.rescale_output_factor)
             chunk = r(r(bcast(gate_msa, a) * a) + chunk)
-            q = regroup(padded(attn2.to_q(chunk), rows), attn2.processor)
-            a = r(seam.attend_prepared(q, text_k_t, text_v, encoder_attention_mask, heads=heads, scale=attn2.scale))
+            q = stream.regroup(stream.padded(attn2.to_q(chunk), rows), attn2.processor)
+            a = r(attention_seam.attend_prepared(q, text_k_t, text_v, encoder_attention_mask, heads=attn2.heads,
+                                                 scale=attn2.scale, chunk_elements=STREAM_ATTENTION_SCORES))
             del q
-            a = ungroup(a, attn2.processor, rows)[:, :s1 - s0]
+            a = stream.ungroup(a, attn2.processor, rows)[:, :s1 - s0]
             a = attn2.to_out[1](attn2.to_out[0](a))
             if attn2.rescale_output_factor != 1.0:
                 a = r(a / attn2.rescale_output_factor)
             chunk = r(a + chunk)
-            n = norm_mod(chunk, self.norm2, shift_mlp, scale_mlp)
+            n = modulate(self.norm2(chunk), shift_mlp, scale_mlp, r)
             f = self.ff(n)
             del n
             h[:, s0:s1] = r(r(bcast(gate_mlp, f) * f) + chunk)
             del f, a, chunk
         return h
+
+    def _streamed_self_attention(self, h, stream, shift_msa, scale_msa, attention_mask):
+        """Self-attention outputs of all tokens (B, S, inner), before the output projection, one group of
+        STREAM_GROUP_HEADS heads at a time: the group's queries (``_sparse_1d`` layout), keys (transposed) and
+        values (the portable seam's layout) of every token (RoPE'd, Skiparse regrouped, zero padding as
+        ``_sparse_1d`` pads; projections restricted to the group's output rows), then attention for chunks of
+        queries against all keys."""
+        r = self.numerics
+        attn1 = self.attn1
+        proc = attn1.processor
+        batch, seq, _ = h.shape
+        head_dim = attn1.inner_dim // attn1.heads
+        kb, g_all = stream.k * batch, stream.seq_pad // stream.k
+        attended = ops.zeros((batch, seq, attn1.inner_dim), h.dtype)
+        for h0 in range(0, attn1.heads, STREAM_GROUP_HEADS):
+            h1 = min(attn1.heads, h0 + STREAM_GROUP_HEADS)
+            c0, c1 = h0 * head_dim, h1 * head_dim
+            queries = ops.zeros((kb, g_all, c1 - c0), h.dtype)
+            key_t = ops.zeros((kb, h1 - h0, head_dim, g_all), ms.float32)
+            values = ops.zeros((kb, h1 - h0, g_all, head_dim), ms.float32)
+            for s0, s1, rows in stream.chunks():
+                n = modulate(self.norm1(h[:, s0:s1]), shift_msa, scale_msa, r)
+                g0 = s0 // stream.k
+                q = stream.regroup(stream.padded(stream.roped(attn1.to_q.rows(n, c0, c1), s0, s1), rows), proc)
+                queries[:, g0:g0 + q.shape[1]] = q
+                kc = stream.regroup(stream.padded(stream.roped(attn1.to_k.rows(n, c0, c1), s0, s1), rows), proc)
+                vc = stream.regroup(stream.padded(attn1.to_v.rows(n, c0, c1), rows), proc)
+                del n, q
+                kc, vc = attention_seam.prepare_keys(kc, vc, h1 - h0)
+                key_t[:, :, :, g0:g0 + kc.shape[-1]] = kc
+                values[:, :, g0:g0 + vc.shape[2]] = vc
+                del kc, vc
+            for s0, s1, rows in stream.chunks():
+                g0 = s0 // stream.k
+                a = r(attention_seam.attend_prepared(queries[:, g0:g0 + rows // stream.k], key_t, values,
+                                                     attention_mask, heads=h1 - h0, scale=attn1.scale,
+                                                     chunk_elements=STREAM_ATTENTION_SCORES))
+                attended[:, s0:s1, c0:c1] = stream.ungroup(a, proc, rows)[:, :s1 - s0]
+                del a
+            del queries, key_t, values
+        return attended
+
+
+class _TokenStream:
+    """Token-chunk bookkeeping of a streamed block: chunks of whole Skiparse units (sparse_n² tokens; a unit maps
+    to one contiguous run of every sub-sequence), RoPE on a chunk's own grid positions, and the Skiparse
+    regrouping of a unit-aligned run of tokens (a run of ``_sparse_1d``'s layout)."""
+
+    def __init__(self, attn1: Attention, batch, seq, frame, height, width):
+        self.proc = proc = attn1.processor
+        self.numerics = attn1.numerics
+        self.batch, self.seq = batch, seq
+        self.head_dim = attn1.inner_dim // attn1.heads
+        self.k = proc.sparse_n if proc.sparse1d else 1
+        self.unit = self.k * self.k if proc.sparse1d else 1
+        self.seq_pad = seq + (-seq % self.unit)
+        self.step = max(self.unit, STREAM_CHUNK_TOKENS // self.unit * self.unit)
+        self.positions = proc.position_getter(batch, t=frame, h=height, w=width)
+
+    def chunks(self):
+        """(start, stop, rows): token chunks; ``rows`` is the chunk's length rounded up to whole units."""
+        for s0 in range(0, self.seq, self.step):
+            s1 = min(self.seq, s0 + self.step)
+            yield s0, s1, -(-(s1 - s0) // self.unit) * self.unit
+
+    def roped(self, x, s0, s1):
+        """(B, L, heads·d) tokens s0..s1: the processor's RoPE on their own grid positions."""
+        poses, max_poses = self.positions
+        x = self.proc.rope(x.reshape(self.batch, s1 - s0, -1, self.head_dim),
+                           (tuple(p[s0:s1] for p in poses), max_poses), self.numerics)
+        return x.reshape(self.batch, s1 - s0, -1)
+
+    @staticmethod
+    def padded(x, rows):
+        """zero rows appended up to ``rows`` (as ``_sparse_1d`` pads)"""
+        return ops.pad(x, (0, 0, 0, rows - x.shape[1])) if rows > x.shape[1] else x
+
+    def regroup(self, x, p):
+        """(B, L, C), L unit-aligned -> (k·B, L/k, C) for processor ``p``"""
+        if not p.sparse1d:
+            return x
+        k, unit = self.k, self.unit
+        b, n_tok, c = x.shape
+        if not p.sparse_group:
+            return x.reshape(b, n_tok // k, k, c).transpose(2, 0, 1, 3).reshape(k * b, n_tok // k, c)
+        return x.reshape(b, n_tok // unit, k, k, c).transpose(2, 0, 1, 3, 4).reshape(k * b, n_tok // k, c)
+
+    def ungroup(self, x, p, n_tok):
+        """inverse of ``regroup``: (k·B, L/k, C) -> (B, L, C)"""
+        if not p.sparse1d:
+            return x
+        k, unit = self.k, self.unit
+        kb, g, c = x.shape
+        if not p.sparse_group:
+            return x.reshape(k, kb // k, g, c).transpose(1, 2, 0, 3).reshape(kb // k, n_tok, c)
+        return x.reshape(k, kb // k, n_tok // unit, k, c).transpose(1, 2, 0, 3, 4).reshape(kb // k, n_tok, c)
 
 
 # ================================================================================================================
@@ -839,6 +913,8 @@ def set_precision(cell: nn.Cell, precision: str, device: str = "CPU") -> Numeric
         if param.has_init:
             param.set_dtype(numerics.dtype)
             continue
+        if param.dtype == numerics.dtype and numerics.logical == "float32":
+            continue  # float32 values already: the round trip below would only copy them (3 transient copies)
         data = param.asnumpy().astype(np.float32) if param.dtype != ms.bfloat16 else \
             param.astype(ms.float32).asnumpy()
         if param.dtype != numerics.dtype:

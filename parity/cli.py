@@ -15,6 +15,7 @@ import sys
 import traceback
 
 from parity.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARITY_FAILURE, ParityError
+from parity.heap import return_large_blocks_to_os
 
 MODE_CHOICES = ("isolated", "accumulated", "both")
 
@@ -468,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("dump", "compare"):  # the commands that run models, possibly at real sizes
+        return_large_blocks_to_os()
     try:
         return args.func(args)
     except ParityError as exc:

@@ -233,7 +233,9 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     inputs = fam.normalize_inputs(dump.inputs(), cfg, source=os.path.join(dump_path, "inputs"))
     _check_reference_finite(dump, specs, opts.modes)
     subject = pmap.harness("subject")
-    weights = dump.load_weights()
+    # memory-mapped, and released page by page once checked and once copied into the model: the weights are
+    # held once (by the model), not twice
+    weights = dump.load_weights(mmap=True)
     check_finite(weights, dump.weights_path())
     progress = Progress(len(specs) * len(opts.modes), f"compare {os.path.basename(os.path.normpath(dump_path))}",
                         enabled=opts.progress)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import mmap as _mmap
 import os
 import struct
 import secrets
@@ -175,6 +176,15 @@ def load_safetensors(path, names=None, *, mmap: bool = False) -> dict:
         why = getattr(e, "strerror", None) or e
         raise _err(path, f"cannot read ({why})", "check the path and permissions") from None
     return out
+
+
+def release_pages(arr) -> None:
+    """Drop the resident pages of an array memory-mapped by ``load_safetensors(mmap=True)`` (no-op for other
+    arrays): a mapped file's pages count in RSS until unmapped, and a weights dict stays alive while the model
+    is built from it. The data are untouched; pages touched again are re-read from the file."""
+    mapping = getattr(arr, "_mmap", None)  # numpy.memmap keeps its mmap.mmap here
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(_mmap, "MADV_DONTNEED"):
+        mapping.madvise(_mmap.MADV_DONTNEED)
 
 
 def _header_bytes(items, metadata) -> bytes:

@@ -624,14 +624,15 @@ class Dump:
             raise ParityError(f"{wpath}: weights file missing; restore it or {_FIX}")
         return wpath
 
-    def load_weights(self, names=None) -> dict:
-        """All (or ``names``) weight tensors after verifying the weights sha256 (bf16 -> float32)."""
+    def load_weights(self, names=None, mmap: bool = False) -> dict:
+        """All (or ``names``) weight tensors after verifying the weights sha256 (bf16 -> float32); ``mmap``:
+        non-bf16 tensors as read-only memory maps (see ``safetensors_io.release_pages``)."""
         wpath = self.weights_path()
         if not self._weights_verified:
             if sha256_file(wpath) != self.manifest["weights"]["sha256"]:
                 raise ParityError(f"{wpath}: sha256 mismatch with manifest (weights changed or corrupt); {_FIX}")
             self._weights_verified = True
-        return _st.load_safetensors(wpath, names)
+        return _st.load_safetensors(wpath, names, mmap=mmap)
 
 
 def open_dump(path, verify: bool = True) -> Dump:

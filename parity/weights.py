@@ -7,6 +7,7 @@ from typing import Mapping
 import numpy as np
 
 from parity.errors import ParityError
+from parity.safetensors_io import release_pages
 
 _LIST_MAX = 5
 _FIX = "use the config.json that belongs to these weights"
@@ -47,9 +48,13 @@ def check_shapes(shapes: Mapping[str, tuple], expected: Mapping[str, tuple], sou
 
 
 def nonfinite_weights(weights: Mapping[str, np.ndarray]) -> list[str]:
-    """Names of float tensors holding NaN or Inf."""
-    return [k for k, v in weights.items()
-            if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v))]
+    """Names of float tensors holding NaN or Inf (memory-mapped ones are released from RSS once checked)."""
+    bad = []
+    for k, v in weights.items():
+        if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v)):
+            bad.append(k)
+        release_pages(v)
+    return bad
 
 
 def check_finite(weights: Mapping[str, np.ndarray], source: str) -> None:

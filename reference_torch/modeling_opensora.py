@@ -40,11 +40,16 @@ ATTENTION_CHUNK_MIN_ROWS = 32
 FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
 # A block whose hidden states hold more than this many elements (S·B·D; the released size is 21,120 x 2,304 =
 # 48.7 M) runs token-streamed (``BasicTransformerBlock._forward_streamed``, inference only): the same math, but
-# it holds only the residual stream (updated in place), the self-attention keys and values, and one chunk of
-# STREAM_CHUNK_TOKENS tokens — about three hidden states instead of eight. Below it (every committed fixture and
-# test config) the block runs exactly as upstream.
+# it holds only the residual stream (updated in place), the self-attention outputs of all tokens, one head
+# group's queries, keys and values, and one chunk of STREAM_CHUNK_TOKENS tokens — under three hidden states
+# instead of eight. Below it (every committed fixture and test config) the block runs exactly as upstream.
 STREAM_BLOCK_ELEMENTS = 32 * 1024 * 1024
-STREAM_CHUNK_TOKENS = 1024
+STREAM_CHUNK_TOKENS = 256
+# Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (at the released 24 heads: 8 groups, one group's
+# queries, keys and values = 3/8 of a hidden state), and every streamed attention call holds at most
+# STREAM_ATTENTION_SCORES scores (two 16 MiB fp32 buffers).
+STREAM_GROUP_HEADS = 3
+STREAM_ATTENTION_SCORES = 4 * 1024 * 1024
 
 # Bias values, as upstream: masked tokens get -10000 (in the model dtype); Skiparse padding keys get -9980.
 MASK_BIAS = -10000.0
@@ -68,10 +73,26 @@ class PatchEmbed2D(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = latent.shape
+        p = self.proj.stride
+        if b * t * (h // p[0]) * (w // p[1]) * self.proj.out_channels > STREAM_BLOCK_ELEMENTS \
+                and not torch.is_grad_enabled():
+            return self._forward_per_frame(latent)
         frames = latent.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)  # (b t) c h w
         out = self.proj(frames)  # (b t) D h' w'
         _, d, hp, wp = out.shape
         return out.reshape(b, t, d, hp, wp).permute(0, 1, 3, 4, 2).reshape(b, t * hp * wp, d)
+
+    def _forward_per_frame(self, latent: torch.Tensor) -> torch.Tensor:
+        """``forward`` one frame at a time into the token layout (real sizes: the convolution's output and its
+        permuted copy exist for one frame only; the convolution is per frame anyway)."""
+        out = None
+        for f in range(latent.shape[2]):
+            x = self.proj(latent[:, :, f])  # b D h' w'
+            b, d, hp, wp = x.shape
+            if out is None:
+                out = x.new_empty(b, latent.shape[2] * hp * wp, d)
+            out[:, f * hp * wp:(f + 1) * hp * wp] = x.permute(0, 2, 3, 1).reshape(b, hp * wp, d)
+        return out
 
 
 class PositionGetter3D:
@@ -630,13 +651,13 @@ class BasicTransformerBlock(nn.Module):
                           timestep, frame, height, width):
         """``forward`` in token chunks, for real-size inputs (see ``STREAM_BLOCK_ELEMENTS``); inference only.
 
-        Every operation of ``forward`` is per token except attention's mixing over keys, so: (1) the
-        self-attention keys and values of all tokens are computed chunk by chunk into their Skiparse layout
-        (RoPE'd, k pre-scaled by √scale as the math backend does, zero padding rows as ``F.pad`` gives); (2) per
-        chunk of tokens: queries, attention against all keys (query-row chunked), output projection and gated
-        residual, then cross-attention and the modulated FFN — written back into ``hidden_states`` in place (the
-        caller rebinds it to the result). A query's Skiparse sub-sequence is fixed by its position, so chunks are
-        aligned to sparse_n² tokens (cross-attention is regrouped the same way, as upstream). Hooks on
+        Every operation of ``forward`` is per token except attention's mixing over keys, and attention is per
+        head. So: (1) self-attention runs one group of heads at a time (``_streamed_self_attention``) into a
+        buffer of the attention outputs of all tokens (the output projection's input); (2) per chunk of tokens:
+        output projection and gated residual, cross-attention and the modulated FFN, written back into
+        ``hidden_states`` in place (the caller rebinds it to the result). Peak: the residual, that buffer and one
+        head group's queries, keys and values. A query's Skiparse sub-sequence is fixed by its position, so chunks
+        are aligned to sparse_n² tokens (cross-attention is regrouped the same way, as upstream). Hooks on
         ``attn1``/``attn2`` and the processors are not called on this path (the block's own hooks are).
         """
         h = hidden_states                                                       # (S, B, D)
@@ -644,97 +665,145 @@ class BasicTransformerBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table[:, None] + timestep.reshape(6, batch, -1)).chunk(6, dim=0)
         attn1, attn2 = self.attn1, self.attn2
-        proc = attn1.processor
-        heads = attn1.heads
-        inner = attn1.inner_dim
-        head_dim = inner // heads
-        k = proc.sparse_n if proc.sparse1d else 1
-        unit = k * k if proc.sparse1d else 1
-        seq_pad = seq + (-seq % unit)
-        compute = _compute_dtype(h.dtype)
-        root_scale = math.sqrt(1.0 / math.sqrt(head_dim))
-        poses, max_poses = proc.position_getter(batch, t=frame, h=height, w=width, device=h.device)
-        step = max(unit, STREAM_CHUNK_TOKENS // unit * unit)
-
-        def roped(x, s0, s1):  # (L, B, inner): the processor's RoPE on the rows' own grid positions
-            x = proc.rope(x.view(-1, batch, heads, head_dim), (tuple(p[s0:s1] for p in poses), max_poses))
-            return x.view(-1, batch, inner)
-
-        def regroup(x):  # (L, B, C) -> (L/k, k·B, C): _sparse_1d of a unit-aligned run of tokens (already padded)
-            if not proc.sparse1d:
-                return x
-            n_tok, b, c = x.shape
-            if proc.sparse_group:
-                x = x.reshape(n_tok // unit, k, k, b, c).permute(0, 2, 1, 3, 4)
-            return x.reshape(n_tok // k, k * b, c)
-
-        def ungroup(x, n_tok):  # inverse of regroup: (L/k, k·B, C) -> (L, B, C)
-            if not proc.sparse1d:
-                return x
-            g, kb, c = x.shape
-            if proc.sparse_group:
-                x = x.reshape(g // k, k, k, kb // k, c).permute(0, 2, 1, 3, 4)
-            return x.reshape(n_tok, kb // k, c)
-
-        def heads_first(x):  # (s, b, inner) -> (b, heads, s, head_dim)
-            return x.view(x.shape[0], x.shape[1], heads, head_dim).permute(1, 2, 0, 3)
-
-        # (1) keys (·√scale, compute dtype) and values of every token, in the Skiparse layout
-        keys = torch.zeros(seq_pad // k, k * batch, inner, dtype=compute, device=h.device)
-        values = torch.zeros(seq_pad // k, k * batch, inner, dtype=compute, device=h.device)
-        for s0 in range(0, seq, step):
-            s1 = min(seq, s0 + step)
-            n = self.norm1(h[s0:s1])
-            n = n * (1 + scale_msa) + shift_msa
-            kc = roped(attn1.to_k(n), s0, s1)
-            vc = attn1.to_v(n).view(-1, batch, inner)
-            del n
-            rows = -(-(s1 - s0) // unit) * unit
-            g0 = s0 // k
-            for buf, x, scale in ((keys, kc, root_scale), (values, vc, None)):
-                x = x.to(compute)
-                if rows > s1 - s0:
-                    x = F.pad(x, (0, 0, 0, 0, 0, rows - (s1 - s0)))
-                x = regroup(x)
-                buf[g0:g0 + x.shape[0]] = x if scale is None else x * scale
-        key_t = heads_first(keys).transpose(-2, -1)
-        value_h = heads_first(values)
+        stream = _TokenStream(attn1, batch, seq, frame, height, width, h.device)
+        attended = self._streamed_self_attention(h, stream, shift_msa, scale_msa, attention_mask)
 
         # cross-attention keys/values (text, small), tiled to every Skiparse sub-sequence as upstream does
-        text_k = attn2.to_k(encoder_hidden_states).view(-1, batch, inner)
-        text_v = attn2.to_v(encoder_hidden_states).view(-1, batch, inner)
+        compute = _compute_dtype(h.dtype)
+        text_k = attn2.to_k(encoder_hidden_states).view(-1, batch, attn2.inner_dim)
+        text_v = attn2.to_v(encoder_hidden_states).view(-1, batch, attn2.inner_dim)
         if attn2.processor.sparse1d:
             text_k, text_v = attn2.processor._sparse_1d_kv(text_k), attn2.processor._sparse_1d_kv(text_v)
-        text_k_t = heads_first(text_k).to(compute).transpose(-2, -1) * root_scale
-        text_v = heads_first(text_v).to(compute)
+        text_k_t = _heads_first(text_k, attn2.heads).to(compute).transpose(-2, -1) * stream.root_scale
+        text_v = _heads_first(text_v, attn2.heads).to(compute)
 
-        # (2) per chunk of tokens: self-attention (queries), cross-attention, feed-forward, in place
-        for s0 in range(0, seq, step):
-            s1 = min(seq, s0 + step)
-            n = self.norm1(h[s0:s1])
-            n = n * (1 + scale_msa) + shift_msa
-            rows = -(-(s1 - s0) // unit) * unit
-
-            def attend(attn, q, k_t, v, mask):
-                """pad to whole Skiparse groups, regroup, attend, ungroup, crop, output projection"""
-                if rows > s1 - s0:
-                    q = F.pad(q, (0, 0, 0, 0, 0, rows - (s1 - s0)))
-                a = _attention_in_row_chunks(heads_first(regroup(q)), k_t, v, mask, root_scale)
-                b_, n_, s_, d_ = a.shape
-                a = ungroup(a.permute(2, 0, 1, 3).reshape(s_, b_, n_ * d_), rows)[: s1 - s0]
-                return attn.to_out[1](attn.to_out[0](a.to(h.dtype))) / attn.rescale_output_factor
-
-            a = attend(attn1, roped(attn1.to_q(n), s0, s1), key_t, value_h, attention_mask)
-            del n
+        for s0, s1, rows in stream.chunks():
             chunk = h[s0:s1]
+            a = attn1.to_out[1](attn1.to_out[0](attended[s0:s1])) / attn1.rescale_output_factor
             chunk.add_(gate_msa * a)                                            # hidden = gate·attn + hidden
-            a = attend(attn2, attn2.to_q(chunk).view(-1, batch, inner), text_k_t, text_v, encoder_attention_mask)
-            chunk.add_(a)                                                       # hidden = attn + hidden
+            q = _heads_first(stream.regroup(stream.padded(attn2.to_q(chunk).view(-1, batch, attn2.inner_dim),
+                                                          rows)), attn2.heads)
+            a = _attention_in_row_chunks(q, text_k_t, text_v, encoder_attention_mask, stream.root_scale,
+                                         STREAM_ATTENTION_SCORES)
+            a = stream.ungroup(_heads_last(a), rows)[: s1 - s0]
+            chunk.add_(attn2.to_out[1](attn2.to_out[0](a.to(h.dtype))) / attn2.rescale_output_factor)
             n = self.norm2(chunk)
             n = n * (1 + scale_mlp) + shift_mlp
             chunk.add_(gate_mlp * self.ff(n))                                   # hidden = gate·ff + hidden
-            del n, a
+            del n, a, q
         return h
+
+    def _streamed_self_attention(self, h, stream, shift_msa, scale_msa, attention_mask):
+        """Self-attention outputs of all tokens (S, B, inner), before the output projection, computed one group
+        of STREAM_GROUP_HEADS heads at a time: the group's queries, keys (·√scale, compute dtype) and values of
+        every token in its Skiparse layout (RoPE'd, zero padding rows as ``F.pad`` gives; q/k/v projections
+        restricted to the group's output rows), then attention for chunks of queries against all keys."""
+        attn1 = self.attn1
+        seq, batch, _ = h.shape
+        compute = _compute_dtype(h.dtype)
+        head_dim = attn1.inner_dim // attn1.heads
+        attended = torch.empty(seq, batch, attn1.inner_dim, dtype=h.dtype, device=h.device)
+        for h0 in range(0, attn1.heads, STREAM_GROUP_HEADS):
+            h1 = min(attn1.heads, h0 + STREAM_GROUP_HEADS)
+            cols = slice(h0 * head_dim, h1 * head_dim)
+            shape = (stream.seq_pad // stream.k, stream.k * batch, cols.stop - cols.start)
+            queries = torch.zeros(shape, dtype=h.dtype, device=h.device)
+            keys = torch.zeros(shape, dtype=compute, device=h.device)
+            values = torch.zeros(shape, dtype=compute, device=h.device)
+            for s0, s1, rows in stream.chunks():
+                n = self.norm1(h[s0:s1])
+                n = n * (1 + scale_msa) + shift_msa
+                g = slice(s0 // stream.k, (s0 + rows) // stream.k)
+                queries[g] = stream.regroup(stream.padded(stream.roped(_linear_rows(attn1.to_q, n, cols), s0, s1),
+                                                          rows))
+                k = stream.padded(stream.roped(_linear_rows(attn1.to_k, n, cols), s0, s1).to(compute), rows)
+                keys[g] = stream.regroup(k) * stream.root_scale
+                values[g] = stream.regroup(stream.padded(_linear_rows(attn1.to_v, n, cols).to(compute), rows))
+                del n, k
+            heads = h1 - h0
+            key_t = _heads_first(keys, heads).transpose(-2, -1)
+            value_h = _heads_first(values, heads)
+            mask = None if attention_mask is None else attention_mask[:, h0:h1]
+            for s0, s1, rows in stream.chunks():
+                q = _heads_first(queries[s0 // stream.k:(s0 + rows) // stream.k], heads)
+                a = _attention_in_row_chunks(q, key_t, value_h, mask, stream.root_scale, STREAM_ATTENTION_SCORES)
+                attended[s0:s1, :, cols] = stream.ungroup(_heads_last(a), rows)[: s1 - s0]
+            del queries, keys, values, key_t, value_h
+        return attended
+
+
+def _heads_first(x, heads):
+    """(s, b, heads·d) -> (b, heads, s, d), a view."""
+    return x.view(x.shape[0], x.shape[1], heads, -1).permute(1, 2, 0, 3)
+
+
+def _heads_last(x):
+    """(b, heads, s, d) -> (s, b, heads·d)."""
+    b, n, s, d = x.shape
+    return x.permute(2, 0, 1, 3).reshape(s, b, n * d)
+
+
+def _linear_rows(linear: nn.Linear, x, rows: slice):
+    """``linear(x)[..., rows]``, computing only those output features (bit-identical: each output feature is
+    its own dot product over the same inputs)."""
+    bias = None if linear.bias is None else linear.bias[rows]
+    return F.linear(x, linear.weight[rows], bias)
+
+
+class _TokenStream:
+    """Token-chunk bookkeeping of a streamed block: chunks of whole Skiparse units (sparse_n² tokens; a unit
+    maps to one contiguous run of every sub-sequence), RoPE on a chunk's own grid positions, and the Skiparse
+    regrouping of a unit-aligned run of tokens ('(g k) b d -> g (k b) d', group skip '(n m k) b d -> (n k) (m b) d').
+    """
+
+    def __init__(self, attn1: "Attention", batch, seq, frame, height, width, device):
+        self.proc = proc = attn1.processor
+        self.batch, self.seq = batch, seq
+        self.head_dim = attn1.inner_dim // attn1.heads
+        self.k = proc.sparse_n if proc.sparse1d else 1
+        self.unit = self.k * self.k if proc.sparse1d else 1
+        self.seq_pad = seq + (-seq % self.unit)
+        self.step = max(self.unit, STREAM_CHUNK_TOKENS // self.unit * self.unit)
+        self.root_scale = math.sqrt(1.0 / math.sqrt(self.head_dim))
+        self.positions = proc.position_getter(batch, t=frame, h=height, w=width, device=device)
+
+    def chunks(self):
+        """(start, stop, rows): token chunks; ``rows`` is the chunk's length rounded up to whole units."""
+        for s0 in range(0, self.seq, self.step):
+            s1 = min(self.seq, s0 + self.step)
+            yield s0, s1, -(-(s1 - s0) // self.unit) * self.unit
+
+    def roped(self, x, s0, s1):
+        """(L, B, heads·d) tokens s0..s1: the processor's RoPE on their own grid positions."""
+        poses, max_poses = self.positions
+        x = self.proc.rope(x.view(s1 - s0, self.batch, -1, self.head_dim),
+                           (tuple(p[s0:s1] for p in poses), max_poses))
+        return x.view(s1 - s0, self.batch, -1)
+
+    @staticmethod
+    def padded(x, rows):
+        """zero rows appended up to ``rows`` (as ``_sparse_1d``'s F.pad)"""
+        return F.pad(x, (0, 0, 0, 0, 0, rows - x.shape[0])) if rows > x.shape[0] else x
+
+    def regroup(self, x):
+        """(L, B, C), L unit-aligned -> (L/k, k·B, C)"""
+        if not self.proc.sparse1d:
+            return x
+        n_tok, b, c = x.shape
+        k, unit = self.k, self.unit
+        if self.proc.sparse_group:
+            x = x.reshape(n_tok // unit, k, k, b, c).permute(0, 2, 1, 3, 4)
+        return x.reshape(n_tok // k, k * b, c)
+
+    def ungroup(self, x, n_tok):
+        """inverse of ``regroup``: (L/k, k·B, C) -> (L, B, C)"""
+        if not self.proc.sparse1d:
+            return x
+        g, kb, c = x.shape
+        k = self.k
+        if self.proc.sparse_group:
+            x = x.reshape(g // k, k, k, kb // k, c).permute(0, 2, 1, 3, 4)
+        return x.reshape(n_tok, kb // k, c)
 
 
 # ----------------------------------------------------------------------------------------------------------

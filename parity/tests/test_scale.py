@@ -441,6 +441,7 @@ def test_ms_token_streamed_blocks_are_bit_identical(monkeypatch, case):
     whole = MH.forward(model, d.inputs())
     monkeypatch.setattr(MM, "STREAM_BLOCK_ELEMENTS", 0)
     monkeypatch.setattr(MM, "STREAM_CHUNK_TOKENS", 16)
+    monkeypatch.setattr(MM, "STREAM_GROUP_HEADS", 1)
     np.testing.assert_array_equal(MH.forward(model, d.inputs()), whole)
 
 
@@ -456,4 +457,5 @@ def test_torch_token_streamed_blocks_are_bit_identical(monkeypatch, case):
     whole = RH.forward(model, d.inputs())
     monkeypatch.setattr(RM, "STREAM_BLOCK_ELEMENTS", 0)
     monkeypatch.setattr(RM, "STREAM_CHUNK_TOKENS", 16)
+    monkeypatch.setattr(RM, "STREAM_GROUP_HEADS", 1)
     np.testing.assert_array_equal(RH.forward(model, d.inputs()), whole)
