@@ -180,7 +180,15 @@ def _bcast(small, like):
     """The bias broadcast explicitly on CPU (see ``modeling_opensora.bcast``: same values, no offset tables)."""
     if ms.get_context("device_target") != "CPU" or tuple(small.shape) == tuple(like.shape):
         return small
-    return ops.broadcast_to(small, like.shape)
+    return tile_to(small, like.shape)
+
+
+def tile_to(small, shape):
+    """``broadcast_to(small, shape)`` as ``ops.tile``: the same values in one new buffer. On CPU, ``tile`` runs
+    10-25x faster than ``broadcast_to`` (or an implicitly broadcasting binary op), e.g. 0.15 vs 3.5 ms for
+    (1, 1, 576) -> (1, 2304, 576)."""
+    full = (1,) * (len(shape) - small.ndim) + tuple(small.shape)
+    return ops.tile(small.reshape(full), tuple(n // m for n, m in zip(shape, full)))
 
 
 # ---- Ascend path: plain functions, unit-tested on CPU -------------------------------------------------------
