@@ -98,7 +98,21 @@ def modulate(x, shift, scale, r):
 
 
 def gelu(x, approximate: str):
+    if approximate == "tanh" and x.dtype == ms.float32 and ms.get_context("device_target") == "CPU":
+        return gelu_tanh_sigmoid(x)
     return ops.gelu(x, approximate=approximate)
+
+
+GELU_BETA, GELU_KAPPA = math.sqrt(2.0 / math.pi), 0.044715
+
+
+def gelu_tanh_sigmoid(x):
+    """tanh-GELU ``½x(1 + tanh u)`` as ``x·sigmoid(2u)`` (the same function), ``u = β(x + κx³)`` formed in float32
+    as torch forms it, the sigmoid in float64. MindSpore's CPU ``gelu`` kernel is ~3x slower than these five ops
+    and its fp32 ``tanh``/``sigmoid`` are up to 1e-4 absolute / 40 ULP off; this stays as close to torch as
+    ``ops.gelu`` (both within 7 ULP where the result is well conditioned, and closer than torch to float64)."""
+    u = GELU_BETA * (x + GELU_KAPPA * (x * x * x))
+    return x * ops.sigmoid((2 * u).astype(ms.float64)).astype(ms.float32)
 
 
 # ================================================================================================================
