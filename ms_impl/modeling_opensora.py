@@ -470,7 +470,8 @@ class OpenSoraAttnProcessor:
             x = x.reshape(k, b, g, d).transpose(1, 2, 0, 3).reshape(b, s, d)
         else:                       # (n k) (m b) d -> (n m k) b d
             x = x.reshape(k, b, s // (k * k), k, d).transpose(1, 2, 0, 3, 4).reshape(b, s, d)
-        return x[:, :frame * height * width]
+        # (without padding the slice is the identity, and a full-size StridedSlice costs ~20 ms on CPU)
+        return x[:, :frame * height * width] if pad_len else x
 
     def _sparse_1d_kv(self, x):
         """Text keys/values tiled to every sub-batch: (B, L, D) -> (k·B, L, D)."""
