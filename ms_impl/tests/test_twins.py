@@ -400,3 +400,15 @@ def test_tanh_gelu_matches_torch_to_an_ulp():
     assert np.abs(ours - ref).max() <= 4.8e-7
     exact = torch.nn.functional.gelu(torch.from_numpy(x).double(), approximate="tanh").numpy()
     assert np.abs(ours - exact).mean() <= np.abs(kernel - exact).mean()
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 6, 32, 48), (2, 4, 3, 9, 7)])
+def test_patch_embed_reproduces_torch_conv_bit_for_bit(shape):
+    """On CPU the patch embedding is a matmul over channels-last patches, which rounds exactly like torch's conv."""
+    torch.manual_seed(0)
+    tm, mm = twin_cells(R.PatchEmbed2D(patch_size=2, in_channels=shape[1], embed_dim=96),
+                        M.PatchEmbed2D(2, shape[1], 96), "fp32")
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        ref = t_np(tm(t_in(x, "fp32")))
+    np.testing.assert_array_equal(m_np(mm(m_in(x, "fp32"))), ref)
