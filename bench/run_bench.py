@@ -20,7 +20,9 @@ except the dump I/O throughputs and the real-size peak RSS.
   block 2 Skiparse single skip), each framework in its own subprocess; peak RSS against weights + three hidden
   states.
 
-Options: ``--quick`` (smaller sizes, for a smoke run), ``--real-layers N``, ``--skip-real``, ``--out FILE``.
+Options: ``--quick`` (smaller sizes, for a smoke run), ``--real-layers N``, ``--skip-real``, ``--out FILE``,
+``--ms-softmax fp32`` (the port's attention softmax on MindSpore's fp32 kernel instead of the default float64
+normalisation; recorded as ``ms_attention_softmax``).
 """
 
 from __future__ import annotations
@@ -524,7 +526,7 @@ def table(res: dict) -> str:
                      f"{s['capture_overhead']:.3f}x ({s['ms_capture_compare_s']:.2f} / {s['ms_forward_s']:.2f} s)",
                      "<= 1.15", _met(s["capture_overhead"], 1.15, "<=")))
         lim = 1.25 * s["ms_vs_torch_matmul"]
-        rows.append((f"MS vs torch forward ({s['ms_mode']})",
+        rows.append((f"MS vs torch forward ({s['ms_mode']}, softmax {s.get('ms_attention_softmax', '?')})",
                      f"{s['ms_vs_torch_forward']:.2f}x ({s['ms_forward_s']:.2f} / {s['torch_forward_s']:.2f} s)",
                      f"<= {lim:.2f} (1.25 x matmul)", _met(s["ms_vs_torch_forward"], lim, "<=")))
         mm = s["matmul"]["large"]
@@ -562,6 +564,8 @@ def table(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run; figures are not the targets')")
+    ap.add_argument("--ms-softmax", choices=("fp64", "fp32"),
+                    help="attention softmax of the MindSpore port (default: the port's PRECISE_SOFTMAX setting, fp64)")
     ap.add_argument("--real-layers", type=int, default=3)
     ap.add_argument("--skip-real", action="store_true", help="skip the real-size subprocess runs")
     ap.add_argument("--only", choices=("metrics", "io", "small", "real"), action="append")
@@ -587,6 +591,9 @@ def main(argv=None) -> int:
             say("dump write / load")
             res["dump_io"] = bench_dump_io(tmp, args.quick)
         if "small" in parts:
+            if args.ms_softmax:
+                from ms_impl import attention as A
+                A.PRECISE_SOFTMAX = args.ms_softmax == "fp64"
             res["small"] = bench_small(tmp, args.quick)
     if "real" in parts:
         res["real"] = bench_real(args.real_layers, grid, tuple(args.real_frameworks.split(",")))
@@ -600,6 +607,7 @@ def main(argv=None) -> int:
     res["ms_vs_torch_forward"] = s.get("ms_vs_torch_forward")
     res["ms_vs_torch_matmul"] = s.get("ms_vs_torch_matmul")
     res["ms_mode"] = s.get("ms_mode")
+    res["ms_attention_softmax"] = s.get("ms_attention_softmax")
     res["dump_write_gbps"] = res.get("dump_io", {}).get("dump_write_gbps")
     res["dump_load_gbps"] = res.get("dump_io", {}).get("dump_load_gbps")
     runs = res.get("real", {}).get("runs", {})
