@@ -23,7 +23,9 @@ except the dump I/O throughputs and the real-size peak RSS.
   is judged against weights + three hidden states (``real_size_peak_above_baseline_gb``, ``real_size_budget_gb``,
   ``real_size_target_met``).
 
-Options: ``--quick`` (smaller sizes, for a smoke run), ``--real-layers N``, ``--skip-real``, ``--out FILE``.
+Options: ``--quick`` (smaller sizes, for a smoke run), ``--real-layers N``, ``--skip-real``, ``--out FILE``,
+``--ms-softmax fp32`` (the port's attention softmax on MindSpore's fp32 kernel instead of the default float64
+normalisation; recorded as ``ms_attention_softmax``).
 """
 
 from __future__ import annotations
@@ -227,23 +229,30 @@ def matmul_ratio(shape, rounds: int) -> dict:
 
 
 def kernel_ratios(tokens: int, hidden: int, heads: int, rounds: int) -> dict:
-    """MS/torch time of the two non-matmul kernels that dominate the port's forward, at the small config's sizes:
-    the FFN's tanh GELU on (tokens, 4·hidden) and a dense block's attention softmax on (heads, tokens, tokens) —
-    normalised in float64 by the port (MindSpore's fp32 exp is ~5e-6 relative off), fp32 in torch."""
+    """MS/torch time of the non-matmul kernels that dominate the port's forward, at the small config's sizes: the
+    FFN's tanh GELU on (tokens, 4·hidden) — the port's ``gelu`` and MindSpore's own ``ops.gelu`` kernel — and a
+    dense block's attention softmax on (heads, tokens, tokens) — the port's ``softmax_precise`` as configured
+    (``PRECISE_SOFTMAX``) and the float64-normalised variant — each against torch's fp32 kernel."""
     import mindspore as ms
     import torch
     from mindspore import ops
 
-    from ms_impl.attention import softmax_precise
+    from ms_impl import attention as A
+    from ms_impl.modeling_opensora import gelu
+
+    def softmax_fp64(x):
+        return ops.softmax(x.astype(ms.float64), -1).astype(ms.float32)
 
     rng = np.random.default_rng(0)
     g = rng.standard_normal((1, tokens, 4 * hidden), dtype=np.float32)
     sm = rng.standard_normal((1, heads, tokens, tokens), dtype=np.float32)
+    torch_gelu = lambda x: torch.nn.functional.gelu(x, approximate="tanh")  # noqa: E731
     res = {}
     for name, arr, t_fn, m_fn in (
-            ("gelu_tanh", g, lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
-             lambda x: ops.gelu(x, approximate="tanh")),
-            ("softmax_port_vs_torch", sm, lambda x: torch.softmax(x, -1), softmax_precise)):
+            ("gelu_tanh", g, torch_gelu, lambda x: gelu(x, "tanh")),
+            ("gelu_tanh_ops_kernel", g, torch_gelu, lambda x: ops.gelu(x, approximate="tanh")),
+            ("softmax_port_vs_torch", sm, lambda x: torch.softmax(x, -1), A.softmax_precise),
+            ("softmax_fp64_vs_torch", sm, lambda x: torch.softmax(x, -1), softmax_fp64)):
         tx, mx = torch.from_numpy(arr), ms.Tensor(arr)
         t_t, t_m = [], []
         for _ in range(rounds):
@@ -251,6 +260,7 @@ def kernel_ratios(tokens: int, hidden: int, heads: int, rounds: int) -> dict:
             t_m.append(best_of(lambda: m_fn(mx).asnumpy(), 1))
         res[name] = {"elements": int(arr.size), "torch_ms": round(min(t_t) * 1e3, 2), "ms_ms": round(min(t_m) * 1e3, 2),
                      "ratio": round(min(t_m) / min(t_t), 2)}
+    res["port_softmax"] = "float64-normalised" if A.PRECISE_SOFTMAX else "MindSpore fp32 kernel"
     return res
 
 
@@ -309,6 +319,8 @@ def bench_small(tmp: str, quick: bool) -> dict:
            "text_tokens": SMALL_TEXT}
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     out["torch_threads"] = torch.get_num_threads()
+    from ms_impl import attention as A
+    out["ms_attention_softmax"] = "float64-normalised" if A.PRECISE_SOFTMAX else "MindSpore fp32 kernel"
 
     say(f"small config: {out['hidden']} hidden, {cfg['num_layers']} layers, {out['tokens']} tokens; torch dump")
     weights = RH.random_weights(cfg, 0)
@@ -526,14 +538,17 @@ def table(res: dict) -> str:
                      f"{s['capture_overhead']:.3f}x ({s['ms_capture_compare_s']:.2f} / {s['ms_forward_s']:.2f} s)",
                      "<= 1.15", _met(s["capture_overhead"], 1.15, "<=")))
         lim = 1.25 * s["ms_vs_torch_matmul"]
-        rows.append((f"MS vs torch forward ({s['ms_mode']})",
+        rows.append((f"MS vs torch forward ({s['ms_mode']}, softmax {s.get('ms_attention_softmax', '?')})",
                      f"{s['ms_vs_torch_forward']:.2f}x ({s['ms_forward_s']:.2f} / {s['torch_forward_s']:.2f} s)",
                      f"<= {lim:.2f} (1.25 x matmul)", _met(s["ms_vs_torch_forward"], lim, "<=")))
         mm = s["matmul"]["large"]
         rows.append(("MS vs torch fp32 matmul " + "x".join(map(str, mm["shape"])),
                      f"{mm['ratio']:.2f}x ({mm['ms_gflops']:.0f} / {mm['torch_gflops']:.0f} GFLOP/s)", "(reference)", "—"))
-        for key, label in (("gelu_tanh", "MS vs torch tanh-GELU kernel"),
-                           ("softmax_port_vs_torch", "MS softmax (fp64-normalised) vs torch fp32")):
+        port_sm = s.get("kernels", {}).get("port_softmax", "")
+        for key, label in (("gelu_tanh", "MS vs torch tanh-GELU (port's x·sigmoid64(2u))"),
+                           ("gelu_tanh_ops_kernel", "MS vs torch tanh-GELU (ops.gelu kernel)"),
+                           ("softmax_port_vs_torch", f"MS softmax (port: {port_sm}) vs torch fp32"),
+                           ("softmax_fp64_vs_torch", "MS softmax (fp64-normalised) vs torch fp32")):
             k = s.get("kernels", {}).get(key)
             if k:
                 rows.append((label, f"{k['ratio']:.2f}x ({k['ms_ms']:.0f} / {k['torch_ms']:.0f} ms)", "(info)", "—"))
@@ -564,6 +579,8 @@ def table(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run; figures are not the targets')")
+    ap.add_argument("--ms-softmax", choices=("fp64", "fp32"),
+                    help="attention softmax of the MindSpore port (default: the port's PRECISE_SOFTMAX setting, fp64)")
     ap.add_argument("--real-layers", type=int, default=3)
     ap.add_argument("--skip-real", action="store_true", help="skip the real-size subprocess runs")
     ap.add_argument("--only", choices=("metrics", "io", "small", "real"), action="append")
@@ -589,6 +606,9 @@ def main(argv=None) -> int:
             say("dump write / load")
             res["dump_io"] = bench_dump_io(tmp, args.quick)
         if "small" in parts:
+            if args.ms_softmax:
+                from ms_impl import attention as A
+                A.PRECISE_SOFTMAX = args.ms_softmax == "fp64"
             res["small"] = bench_small(tmp, args.quick)
     if "real" in parts:
         res["real"] = bench_real(args.real_layers, grid, tuple(args.real_frameworks.split(",")))
@@ -602,6 +622,7 @@ def main(argv=None) -> int:
     res["ms_vs_torch_forward"] = s.get("ms_vs_torch_forward")
     res["ms_vs_torch_matmul"] = s.get("ms_vs_torch_matmul")
     res["ms_mode"] = s.get("ms_mode")
+    res["ms_attention_softmax"] = s.get("ms_attention_softmax")
     res["dump_write_gbps"] = res.get("dump_io", {}).get("dump_write_gbps")
     res["dump_load_gbps"] = res.get("dump_io", {}).get("dump_load_gbps")
     runs = res.get("real", {}).get("runs", {})

@@ -136,8 +136,27 @@ def softmax_precise(scores):
 
 
 def portable_attention(query, key, value, bias, *, heads: int, scale: float, chunk_elements: int | None = None):
+    b, sq, _ = query.shape
+    budget = PORTABLE_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+    if b * heads * sq * key.shape[1] <= budget:
+        return attend_whole(query, key, value, bias, heads=heads, scale=scale)
     k_t, v = prepare_keys(key, value, heads)
     return attend_prepared(query, k_t, v, bias, heads=heads, scale=scale, chunk_elements=chunk_elements)
+
+
+_matmul_nt = ops.BatchMatMul(transpose_b=True)
+
+
+def attend_whole(query, key, value, bias, *, heads: int, scale: float):
+    """The portable path in one chunk: q·kᵀ as a matmul with a transposed second operand (no kᵀ copy, no
+    chunk loop). Bit-identical to ``attend_prepared`` (the same kernels, same accumulation)."""
+    q = split_heads(query.astype(ms.float32), heads)
+    k = split_heads(key.astype(ms.float32), heads)
+    scores = _matmul_nt(q, k) * scale
+    if bias is not None:
+        scores = scores + _bcast(bias.astype(ms.float32), scores)
+    probs = softmax_precise(scores)
+    return merge_heads(mint.matmul(probs, split_heads(value.astype(ms.float32), heads))).astype(query.dtype)
 
 
 def prepare_keys(key, value, heads: int):
@@ -180,7 +199,15 @@ def _bcast(small, like):
     """The bias broadcast explicitly on CPU (see ``modeling_opensora.bcast``: same values, no offset tables)."""
     if ms.get_context("device_target") != "CPU" or tuple(small.shape) == tuple(like.shape):
         return small
-    return ops.broadcast_to(small, like.shape)
+    return tile_to(small, like.shape)
+
+
+def tile_to(small, shape):
+    """``broadcast_to(small, shape)`` as ``ops.tile``: the same values in one new buffer. On CPU, ``tile`` runs
+    10-25x faster than ``broadcast_to`` (or an implicitly broadcasting binary op), e.g. 0.15 vs 3.5 ms for
+    (1, 1, 576) -> (1, 2304, 576)."""
+    full = (1,) * (len(shape) - small.ndim) + tuple(small.shape)
+    return ops.tile(small.reshape(full), tuple(n // m for n, m in zip(shape, full)))
 
 
 # ---- Ascend path: plain functions, unit-tested on CPU -------------------------------------------------------

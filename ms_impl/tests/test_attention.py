@@ -76,6 +76,19 @@ def test_portable_matches_float64_and_chunking_is_invisible(case, budget):
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6)
 
 
+@FAST
+@given(attention_case())
+def test_one_chunk_path_is_bit_identical_to_the_prepared_keys_path(case):
+    b, heads, d, sq, sk, masked, pad, seed = case
+    rng = np.random.default_rng(seed)
+    q, k, v = (Tensor(x) for x in _qkv(rng, b, heads, d, sq, sk))
+    bias = Tensor(_bias(rng, b, sk, masked, pad))
+    whole = A.attend_whole(q, k, v, bias, heads=heads, scale=d ** -0.5).asnumpy()
+    k_t, v_prepared = A.prepare_keys(k, v, heads)
+    prepared = A.attend_prepared(q, k_t, v_prepared, bias, heads=heads, scale=d ** -0.5, chunk_elements=1 << 30)
+    np.testing.assert_array_equal(whole, prepared.asnumpy())
+
+
 def test_portable_chunking_bounds_the_score_block(monkeypatch):
     rng = np.random.default_rng(0)
     q, k, v = _qkv(rng, 2, 2, 8, 50, 30)
