@@ -580,7 +580,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run; figures are not the targets')")
     ap.add_argument("--ms-softmax", choices=("fp64", "fp32"),
-                    help="attention softmax of the MindSpore port (default: the port's PRECISE_SOFTMAX setting, fp64)")
+                    help="attention softmax of the MindSpore port (default: the port's own, MindSpore's fp32 kernel)")
     ap.add_argument("--real-layers", type=int, default=3)
     ap.add_argument("--skip-real", action="store_true", help="skip the real-size subprocess runs")
     ap.add_argument("--only", choices=("metrics", "io", "small", "real"), action="append")

@@ -61,9 +61,21 @@ def _qkv(rng, b, heads, d, sq, sk):
     return q, k, v
 
 
+# MindSpore's fp32 softmax kernel (the default): its exp is up to ~100 ULP (6e-6 relative) off, and outputs are
+# convex combinations of values |v| < ~5; normalised in float64 the port is within 1 ULP of the exact softmax.
+@pytest.mark.parametrize("precise,atol", [(False, 1e-5), (True, 2e-6)], ids=["fp32-softmax", "fp64-softmax"])
 @FAST
-@given(attention_case(), st.integers(1, 2000))
-def test_portable_matches_float64_and_chunking_is_invisible(case, budget):
+@given(case=attention_case(), budget=st.integers(1, 2000))
+def test_portable_matches_float64_and_chunking_is_invisible(precise, atol, case, budget):
+    default = A.PRECISE_SOFTMAX
+    A.PRECISE_SOFTMAX = precise
+    try:
+        _check_portable_against_float64(case, budget, atol)
+    finally:
+        A.PRECISE_SOFTMAX = default
+
+
+def _check_portable_against_float64(case, budget, atol):
     b, heads, d, sq, sk, masked, pad, seed = case
     rng = np.random.default_rng(seed)
     q, k, v = _qkv(rng, b, heads, d, sq, sk)
@@ -72,7 +84,7 @@ def test_portable_matches_float64_and_chunking_is_invisible(case, budget):
     args = (Tensor(q), Tensor(k), Tensor(v), Tensor(bias))
     whole = A.portable_attention(*args, heads=heads, scale=scale, chunk_elements=1 << 30).asnumpy()
     chunked = A.portable_attention(*args, heads=heads, scale=scale, chunk_elements=budget).asnumpy()
-    np.testing.assert_allclose(whole, _ref_attention(q, k, v, bias, heads, scale), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(whole, _ref_attention(q, k, v, bias, heads, scale), rtol=0, atol=atol)
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6)
 
 
