@@ -47,6 +47,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+# MindSpore's graph tracer logs a warning per traced slice (hundreds per block): errors only, unless asked for
+os.environ.setdefault("GLOG_v", "3")
 
 import numpy as np  # noqa: E402
 
