@@ -95,6 +95,15 @@ def bcast(small, like):
     return ops.broadcast_to(small, like.shape)
 
 
+def stream_buffer(shape, dtype):
+    """A zero tensor for a long-lived buffer of the streamed paths (the residual stream, the self-attention
+    outputs): on CPU backed by a numpy array, i.e. outside MindSpore's memory pool, which never returns memory
+    to the OS. Chunks are written into it in place; freeing it returns its pages. Elsewhere ``ops.zeros``."""
+    if ms.get_context("device_target") != "CPU":
+        return ops.zeros(shape, dtype)
+    return Tensor.from_numpy(np.zeros(shape, ms.dtype_to_nptype(dtype)))
+
+
 def modulate(x, shift, scale, r):
     """``x * (1 + scale) + shift`` with each step materialised like torch does (adaLN-single modulation)."""
     y = r(x * bcast(r(1 + scale), x))
@@ -125,6 +134,17 @@ class Linear(Cell):
         """``construct(x)[..., start:stop]``, computing only those output features (bit-identical: each output
         feature is its own dot product over the same inputs)."""
         return self._dense(x, self.weight[start:stop], None if self.bias is None else self.bias[start:stop])
+
+    def in_row_blocks(self, x):
+        """``construct(x)`` with at most a quarter of the output features per call, for the streamed paths: on CPU
+        each dense call copies its weight, transposed, into MindSpore's memory pool, which keeps its
+        high-water mark (85 MB for a released FFN weight). Bit-identical to one call at the released FFN and
+        adaLN shapes (tested); MindSpore's CPU matmul can round a split differently at other shapes."""
+        step = min(self.out_features // 4, self.in_features)
+        if step < 1 or step >= self.out_features:
+            return self(x)
+        return ops.cat([self.rows(x, s, min(self.out_features, s + step)) for s in range(0, self.out_features, step)],
+                       axis=-1)
 
     def _dense(self, x, weight, bias):
         if bias is not None and explicit_broadcast() and x.dtype in (ms.float32, ms.float16):
@@ -178,6 +198,12 @@ class FeedForward(Cell):
         if final_dropout:
             layers.append(nn.Dropout(p=dropout))
         self.net = nn.CellList(layers)
+
+    def streamed(self, hidden_states):
+        """``construct`` for one token chunk of a streamed block, its Linears ``in_row_blocks``."""
+        gelu_layer, out_layer = self.net[0], self.net[2]
+        h = self.numerics(gelu(gelu_layer.proj.in_row_blocks(hidden_states), gelu_layer.approximate))
+        return out_layer.in_row_blocks(h)
 
     def construct(self, hidden_states):
         inner = self.net[0].proj.out_features
@@ -255,9 +281,12 @@ class AdaLayerNormSingle(Cell):
         self.emb = PixArtAlphaCombinedTimestepSizeEmbeddings(embedding_dim)
         self.linear = Linear(embedding_dim, 6 * embedding_dim, bias=True)
 
+    streamed = False  # set by the model for real-size inputs: ``linear`` in row blocks (see Linear.in_row_blocks)
+
     def construct(self, timestep, added_cond_kwargs=None, batch_size=None, hidden_dtype=None):
         embedded_timestep = self.emb(timestep, batch_size=batch_size, hidden_dtype=hidden_dtype)
-        return self.linear(self.numerics(ops.silu(embedded_timestep))), embedded_timestep
+        x = self.numerics(ops.silu(embedded_timestep))
+        return (self.linear.in_row_blocks(x) if self.streamed else self.linear(x)), embedded_timestep
 
 
 class PixArtAlphaTextProjection(Cell):
@@ -308,7 +337,7 @@ class PatchEmbed2D(Cell):
                 r1 = min(hp, r0 + band)
                 x = self.numerics(self.proj(latent[:, :, f, r0 * p:r1 * p]))   # b D rows w'
                 if out is None:
-                    out = ops.zeros((b, t * hp * wp, x.shape[1]), x.dtype)
+                    out = stream_buffer((b, t * hp * wp, x.shape[1]), x.dtype)
                 start = (f * hp + r0) * wp
                 out[:, start:start + (r1 - r0) * wp] = x.transpose(0, 2, 3, 1).reshape(b, (r1 - r0) * wp, -1)
         return out
@@ -644,7 +673,7 @@ class BasicTransformerBlock(Cell):
                 a = r(a / attn2.rescale_output_factor)
             chunk = r(a + chunk)
             n = modulate(self.norm2(chunk), shift_mlp, scale_mlp, r)
-            f = self.ff(n)
+            f = self.ff.streamed(n)
             del n
             h[:, s0:s1] = r(r(bcast(gate_mlp, f) * f) + chunk)
             del f, a, chunk
@@ -662,7 +691,7 @@ class BasicTransformerBlock(Cell):
         batch, seq, _ = h.shape
         head_dim = attn1.inner_dim // attn1.heads
         kb, g_all = stream.k * batch, stream.seq_pad // stream.k
-        attended = ops.zeros((batch, seq, attn1.inner_dim), h.dtype)
+        attended = stream_buffer((batch, seq, attn1.inner_dim), h.dtype)
         for h0 in range(0, attn1.heads, STREAM_GROUP_HEADS):
             h1 = min(attn1.heads, h0 + STREAM_GROUP_HEADS)
             c0, c1 = h0 * head_dim, h1 * head_dim
@@ -836,6 +865,7 @@ class OpenSoraT2V_v1_3(Cell):
     def _operate_on_patched_inputs(self, hidden_states, encoder_hidden_states, timestep, batch_size, frame):
         """-> hidden_states (B, S, D), encoder_hidden_states (B, L, D), timestep (B, 6D), embedded_timestep (B, D)."""
         hidden_states = self.pos_embed(self.numerics(hidden_states.astype(self.dtype)))
+        self.adaln_single.streamed = hidden_states.size > STREAM_BLOCK_ELEMENTS
         timestep, embedded_timestep = self.adaln_single(timestep, None, batch_size=batch_size,
                                                         hidden_dtype=self.dtype)
         encoder_hidden_states = self.caption_projection(encoder_hidden_states)   # b 1 l d
