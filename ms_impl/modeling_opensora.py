@@ -65,6 +65,9 @@ STREAM_CHUNK_TOKENS = 256
 # keys and values = 3/8 of a hidden state); streamed attention calls hold at most STREAM_ATTENTION_SCORES scores.
 STREAM_GROUP_HEADS = 3
 STREAM_ATTENTION_SCORES = 2 * 1024 * 1024
+# Streamed self-attention takes queries STREAM_QUERY_CHUNKS token chunks at a time (its score buffers are capped
+# by STREAM_ATTENTION_SCORES, so a longer query chunk only saves per-call overhead).
+STREAM_QUERY_CHUNKS = 4
 SPARSE_PAD_BIAS = -9980.0   # additive bias of a Skiparse padding token
 
 
@@ -710,7 +713,7 @@ class BasicTransformerBlock(Cell):
                 key_t[:, :, :, g0:g0 + kc.shape[-1]] = kc
                 values[:, :, g0:g0 + vc.shape[2]] = vc
                 del kc, vc
-            for s0, s1, rows in stream.chunks():
+            for s0, s1, rows in stream.chunks(STREAM_QUERY_CHUNKS):
                 g0 = s0 // stream.k
                 a = r(attention_seam.attend_prepared(queries[:, g0:g0 + rows // stream.k], key_t, values,
                                                      attention_mask, heads=h1 - h0, scale=attn1.scale,
@@ -737,10 +740,12 @@ class _TokenStream:
         self.step = max(self.unit, STREAM_CHUNK_TOKENS // self.unit * self.unit)
         self.positions = proc.position_getter(batch, t=frame, h=height, w=width)
 
-    def chunks(self):
-        """(start, stop, rows): token chunks; ``rows`` is the chunk's length rounded up to whole units."""
-        for s0 in range(0, self.seq, self.step):
-            s1 = min(self.seq, s0 + self.step)
+    def chunks(self, steps: int = 1):
+        """(start, stop, rows): token chunks of ``steps`` steps; ``rows`` is the chunk's length rounded up to whole
+        units."""
+        step = self.step * steps
+        for s0 in range(0, self.seq, step):
+            s1 = min(self.seq, s0 + step)
             yield s0, s1, -(-(s1 - s0) // self.unit) * self.unit
 
     def roped(self, x, s0, s1):
