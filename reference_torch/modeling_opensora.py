@@ -45,11 +45,11 @@ FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
 # instead of eight. Below it (every committed fixture and test config) the block runs exactly as upstream.
 STREAM_BLOCK_ELEMENTS = 32 * 1024 * 1024
 STREAM_CHUNK_TOKENS = 256
-# Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (at the released 24 heads: 8 groups, one group's
-# queries, keys and values = 3/8 of a hidden state), and every streamed attention call holds at most
-# STREAM_ATTENTION_SCORES scores (two 16 MiB fp32 buffers).
-STREAM_GROUP_HEADS = 3
-STREAM_ATTENTION_SCORES = 4 * 1024 * 1024
+# Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (at the released 24 heads: 12 groups, one group's
+# queries, keys and values = 1/4 of a hidden state), and every streamed attention call holds at most
+# STREAM_ATTENTION_SCORES scores (two 8 MiB fp32 buffers).
+STREAM_GROUP_HEADS = 2
+STREAM_ATTENTION_SCORES = 2 * 1024 * 1024
 # Streamed self-attention takes queries STREAM_QUERY_CHUNKS token chunks at a time (its score buffers are capped
 # by STREAM_ATTENTION_SCORES, so a longer query chunk only saves per-call overhead).
 STREAM_QUERY_CHUNKS = 4
