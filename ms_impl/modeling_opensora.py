@@ -65,6 +65,9 @@ STREAM_CHUNK_TOKENS = 256
 # keys and values = 3/8 of a hidden state); streamed attention calls hold at most STREAM_ATTENTION_SCORES scores.
 STREAM_GROUP_HEADS = 3
 STREAM_ATTENTION_SCORES = 2 * 1024 * 1024
+# Streamed self-attention takes queries STREAM_QUERY_CHUNKS token chunks at a time (its score buffers are capped
+# by STREAM_ATTENTION_SCORES, so a longer query chunk only saves per-call overhead).
+STREAM_QUERY_CHUNKS = 4
 SPARSE_PAD_BIAS = -9980.0   # additive bias of a Skiparse padding token
 
 
@@ -94,6 +97,15 @@ def bcast(small, like):
     if not explicit_broadcast() or tuple(small.shape) == tuple(like.shape):
         return small
     return attention_seam.tile_to(small, like.shape)
+
+
+def stream_buffer(shape, dtype):
+    """A zero tensor for a long-lived buffer of the streamed paths (the residual stream, the self-attention
+    outputs): on CPU backed by a numpy array, i.e. outside MindSpore's memory pool, which never returns memory
+    to the OS. Chunks are written into it in place; freeing it returns its pages. Elsewhere ``ops.zeros``."""
+    if ms.get_context("device_target") != "CPU":
+        return ops.zeros(shape, dtype)
+    return Tensor.from_numpy(np.zeros(shape, ms.dtype_to_nptype(dtype)))
 
 
 def modulate(x, shift, scale, r):
@@ -140,6 +152,17 @@ class Linear(Cell):
         """``construct(x)[..., start:stop]``, computing only those output features (bit-identical: each output
         feature is its own dot product over the same inputs)."""
         return self._dense(x, self.weight[start:stop], None if self.bias is None else self.bias[start:stop])
+
+    def in_row_blocks(self, x):
+        """``construct(x)`` with at most a quarter of the output features per call, for the streamed paths: on CPU
+        each dense call copies its weight, transposed, into MindSpore's memory pool, which keeps its
+        high-water mark (85 MB for a released FFN weight). Bit-identical to one call at the released FFN and
+        adaLN shapes (tested); MindSpore's CPU matmul can round a split differently at other shapes."""
+        step = min(self.out_features // 4, self.in_features)
+        if step < 1 or step >= self.out_features:
+            return self(x)
+        return ops.cat([self.rows(x, s, min(self.out_features, s + step)) for s in range(0, self.out_features, step)],
+                       axis=-1)
 
     def _dense(self, x, weight, bias):
         if bias is not None and explicit_broadcast() and x.dtype in (ms.float32, ms.float16):
@@ -193,6 +216,12 @@ class FeedForward(Cell):
         if final_dropout:
             layers.append(nn.Dropout(p=dropout))
         self.net = nn.CellList(layers)
+
+    def streamed(self, hidden_states):
+        """``construct`` for one token chunk of a streamed block, its Linears ``in_row_blocks``."""
+        gelu_layer, out_layer = self.net[0], self.net[2]
+        h = self.numerics(gelu(gelu_layer.proj.in_row_blocks(hidden_states), gelu_layer.approximate))
+        return out_layer.in_row_blocks(h)
 
     def construct(self, hidden_states):
         inner = self.net[0].proj.out_features
@@ -270,9 +299,12 @@ class AdaLayerNormSingle(Cell):
         self.emb = PixArtAlphaCombinedTimestepSizeEmbeddings(embedding_dim)
         self.linear = Linear(embedding_dim, 6 * embedding_dim, bias=True)
 
+    streamed = False  # set by the model for real-size inputs: ``linear`` in row blocks (see Linear.in_row_blocks)
+
     def construct(self, timestep, added_cond_kwargs=None, batch_size=None, hidden_dtype=None):
         embedded_timestep = self.emb(timestep, batch_size=batch_size, hidden_dtype=hidden_dtype)
-        return self.linear(self.numerics(ops.silu(embedded_timestep))), embedded_timestep
+        x = self.numerics(ops.silu(embedded_timestep))
+        return (self.linear.in_row_blocks(x) if self.streamed else self.linear(x)), embedded_timestep
 
 
 class PixArtAlphaTextProjection(Cell):
@@ -325,7 +357,7 @@ class PatchEmbed2D(Cell):
                 r1 = min(hp, r0 + band)
                 x = self.numerics(self.proj(latent[:, :, f, r0 * p:r1 * p]))   # b D rows w'
                 if out is None:
-                    out = ops.zeros((b, t * hp * wp, x.shape[1]), x.dtype)
+                    out = stream_buffer((b, t * hp * wp, x.shape[1]), x.dtype)
                 start = (f * hp + r0) * wp
                 out[:, start:start + (r1 - r0) * wp] = x.transpose(0, 2, 3, 1).reshape(b, (r1 - r0) * wp, -1)
         return out
@@ -690,7 +722,7 @@ class BasicTransformerBlock(Cell):
                 a = r(a / attn2.rescale_output_factor)
             chunk = r(a + chunk)
             n = modulate(self.norm2(chunk), shift_mlp, scale_mlp, r)
-            f = self.ff(n)
+            f = self.ff.streamed(n)
             del n
             h[:, s0:s1] = r(r(bcast(gate_mlp, f) * f) + chunk)
             del f, a, chunk
@@ -708,7 +740,7 @@ class BasicTransformerBlock(Cell):
         batch, seq, _ = h.shape
         head_dim = attn1.inner_dim // attn1.heads
         kb, g_all = stream.k * batch, stream.seq_pad // stream.k
-        attended = ops.zeros((batch, seq, attn1.inner_dim), h.dtype)
+        attended = stream_buffer((batch, seq, attn1.inner_dim), h.dtype)
         for h0 in range(0, attn1.heads, STREAM_GROUP_HEADS):
             h1 = min(attn1.heads, h0 + STREAM_GROUP_HEADS)
             c0, c1 = h0 * head_dim, h1 * head_dim
@@ -727,7 +759,7 @@ class BasicTransformerBlock(Cell):
                 key_t[:, :, :, g0:g0 + kc.shape[-1]] = kc
                 values[:, :, g0:g0 + vc.shape[2]] = vc
                 del kc, vc
-            for s0, s1, rows in stream.chunks():
+            for s0, s1, rows in stream.chunks(STREAM_QUERY_CHUNKS):
                 g0 = s0 // stream.k
                 a = r(attention_seam.attend_prepared(queries[:, g0:g0 + rows // stream.k], key_t, values,
                                                      attention_mask, heads=h1 - h0, scale=attn1.scale,
@@ -754,10 +786,12 @@ class _TokenStream:
         self.step = max(self.unit, STREAM_CHUNK_TOKENS // self.unit * self.unit)
         self.positions = proc.position_getter(batch, t=frame, h=height, w=width)
 
-    def chunks(self):
-        """(start, stop, rows): token chunks; ``rows`` is the chunk's length rounded up to whole units."""
-        for s0 in range(0, self.seq, self.step):
-            s1 = min(self.seq, s0 + self.step)
+    def chunks(self, steps: int = 1):
+        """(start, stop, rows): token chunks of ``steps`` steps; ``rows`` is the chunk's length rounded up to whole
+        units."""
+        step = self.step * steps
+        for s0 in range(0, self.seq, step):
+            s1 = min(self.seq, s0 + step)
             yield s0, s1, -(-(s1 - s0) // self.unit) * self.unit
 
     def roped(self, x, s0, s1):
@@ -882,6 +916,7 @@ class OpenSoraT2V_v1_3(Cell):
     def _operate_on_patched_inputs(self, hidden_states, encoder_hidden_states, timestep, batch_size, frame):
         """-> hidden_states (B, S, D), encoder_hidden_states (B, L, D), timestep (B, 6D), embedded_timestep (B, D)."""
         hidden_states = self.pos_embed(self.numerics(hidden_states.astype(self.dtype)))
+        self.adaln_single.streamed = hidden_states.size > STREAM_BLOCK_ELEMENTS
         timestep, embedded_timestep = self.adaln_single(timestep, None, batch_size=batch_size,
                                                         hidden_dtype=self.dtype)
         encoder_hidden_states = self.caption_projection(encoder_hidden_states)   # b 1 l d

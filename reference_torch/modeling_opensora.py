@@ -45,11 +45,14 @@ FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
 # instead of eight. Below it (every committed fixture and test config) the block runs exactly as upstream.
 STREAM_BLOCK_ELEMENTS = 32 * 1024 * 1024
 STREAM_CHUNK_TOKENS = 256
-# Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (at the released 24 heads: 8 groups, one group's
-# queries, keys and values = 3/8 of a hidden state), and every streamed attention call holds at most
-# STREAM_ATTENTION_SCORES scores (two 16 MiB fp32 buffers).
-STREAM_GROUP_HEADS = 3
-STREAM_ATTENTION_SCORES = 4 * 1024 * 1024
+# Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (at the released 24 heads: 12 groups, one group's
+# queries, keys and values = 1/4 of a hidden state), and every streamed attention call holds at most
+# STREAM_ATTENTION_SCORES scores (two 8 MiB fp32 buffers).
+STREAM_GROUP_HEADS = 2
+STREAM_ATTENTION_SCORES = 2 * 1024 * 1024
+# Streamed self-attention takes queries STREAM_QUERY_CHUNKS token chunks at a time (its score buffers are capped
+# by STREAM_ATTENTION_SCORES, so a longer query chunk only saves per-call overhead).
+STREAM_QUERY_CHUNKS = 4
 
 # Bias values, as upstream: masked tokens get -10000 (in the model dtype); Skiparse padding keys get -9980.
 MASK_BIAS = -10000.0
@@ -724,7 +727,7 @@ class BasicTransformerBlock(nn.Module):
             key_t = _heads_first(keys, heads).transpose(-2, -1)
             value_h = _heads_first(values, heads)
             mask = None if attention_mask is None else attention_mask[:, h0:h1]
-            for s0, s1, rows in stream.chunks():
+            for s0, s1, rows in stream.chunks(STREAM_QUERY_CHUNKS):
                 q = _heads_first(queries[s0 // stream.k:(s0 + rows) // stream.k], heads)
                 a = _attention_in_row_chunks(q, key_t, value_h, mask, stream.root_scale, STREAM_ATTENTION_SCORES)
                 attended[s0:s1, :, cols] = stream.ungroup(_heads_last(a), rows)[: s1 - s0]
@@ -767,10 +770,12 @@ class _TokenStream:
         self.root_scale = math.sqrt(1.0 / math.sqrt(self.head_dim))
         self.positions = proc.position_getter(batch, t=frame, h=height, w=width, device=device)
 
-    def chunks(self):
-        """(start, stop, rows): token chunks; ``rows`` is the chunk's length rounded up to whole units."""
-        for s0 in range(0, self.seq, self.step):
-            s1 = min(self.seq, s0 + self.step)
+    def chunks(self, steps: int = 1):
+        """(start, stop, rows): token chunks of ``steps`` steps; ``rows`` is the chunk's length rounded up to whole
+        units."""
+        step = self.step * steps
+        for s0 in range(0, self.seq, step):
+            s1 = min(self.seq, s0 + step)
             yield s0, s1, -(-(s1 - s0) // self.unit) * self.unit
 
     def roped(self, x, s0, s1):

@@ -459,3 +459,22 @@ def test_torch_token_streamed_blocks_are_bit_identical(monkeypatch, case):
     monkeypatch.setattr(RM, "STREAM_CHUNK_TOKENS", 16)
     monkeypatch.setattr(RM, "STREAM_GROUP_HEADS", 1)
     np.testing.assert_array_equal(RH.forward(model, d.inputs()), whole)
+
+
+@pytest.mark.parametrize("rows, d_in, d_out", [(256, 2304, 9216), (256, 9216, 2304), (1, 2304, 6 * 2304),
+                                               (2, 2304, 6 * 2304)])
+def test_ms_linear_in_row_blocks_is_bit_identical_at_released_shapes(rows, d_in, d_out):
+    """The streamed FFN (token chunks of 256) and the streamed adaLN linear (batch 1, 2) call their Linears in
+    blocks of output rows; at these shapes that must not change a bit."""
+    pytest.importorskip("mindspore")
+    import mindspore as ms
+    import ms_impl.harness as MH
+    import ms_impl.modeling_opensora as MM
+
+    MH.setup_context("CPU")
+    rng = np.random.default_rng(0)
+    linear = MM.Linear(d_in, d_out)
+    linear.weight.set_data(ms.Tensor(rng.standard_normal((d_out, d_in), dtype=np.float32)))
+    linear.bias.set_data(ms.Tensor(rng.standard_normal(d_out, dtype=np.float32)))
+    x = ms.Tensor(rng.standard_normal((1, rows, d_in), dtype=np.float32))
+    np.testing.assert_array_equal(linear.in_row_blocks(x).asnumpy(), linear(x).asnumpy())
