@@ -121,6 +121,7 @@ def gelu(x, approximate: str):
 
 
 GELU_BETA, GELU_KAPPA = math.sqrt(2.0 / math.pi), 0.044715
+GELU_CHUNK_ELEMENTS = 4 * 1024 * 1024  # elements per float64 sigmoid call (its temporaries: 2 x 32 MiB)
 
 
 def gelu_tanh_sigmoid(x):
@@ -128,6 +129,17 @@ def gelu_tanh_sigmoid(x):
     as torch forms it, the sigmoid in float64. MindSpore's CPU ``gelu`` kernel is ~3x slower than these five ops
     and its fp32 ``tanh``/``sigmoid`` are up to 1e-4 absolute / 40 ULP off; this stays as close to torch as
     ``ops.gelu`` (both within 7 ULP where the result is well conditioned, and closer than torch to float64)."""
+    rows = x.reshape(-1, x.shape[-1])
+    step = max(1, GELU_CHUNK_ELEMENTS // max(1, x.shape[-1]))
+    if rows.shape[0] <= step:
+        return _gelu_tanh_sigmoid_rows(x)
+    out = ops.zeros(rows.shape, x.dtype)  # in row chunks: the float64 temporaries stay small
+    for r0 in range(0, rows.shape[0], step):
+        out[r0:r0 + step] = _gelu_tanh_sigmoid_rows(rows[r0:r0 + step])
+    return out.reshape(x.shape)
+
+
+def _gelu_tanh_sigmoid_rows(x):
     u = GELU_BETA * (x + GELU_KAPPA * (x * x * x))
     return x * ops.sigmoid((2 * u).astype(ms.float64)).astype(ms.float32)
 

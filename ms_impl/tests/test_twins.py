@@ -402,8 +402,20 @@ def test_tanh_gelu_matches_torch_to_an_ulp():
     assert np.abs(ours - exact).mean() <= np.abs(kernel - exact).mean()
 
 
+def test_tanh_gelu_in_row_chunks_is_bit_identical(monkeypatch):
+    """Large inputs run the float64 sigmoid in row chunks (bounded temporaries): same bits."""
+    x = Tensor(np.random.default_rng(1).standard_normal((2, 37, 64)).astype(np.float32))
+    whole = M.gelu(x, "tanh").asnumpy()
+    monkeypatch.setattr(M, "GELU_CHUNK_ELEMENTS", 64 * 5)
+    np.testing.assert_array_equal(M.gelu(x, "tanh").asnumpy(), whole)
+
+
+@pytest.mark.parametrize("banded", [False, True], ids=["whole", "token-bands"])
 @pytest.mark.parametrize("shape", [(1, 8, 6, 32, 48), (2, 4, 3, 9, 7)])
-def test_patch_embed_reproduces_torch_conv_bit_for_bit(shape):
+def test_patch_embed_reproduces_torch_conv_bit_for_bit(shape, banded, monkeypatch):
+    if banded:  # the real-size path: the patch matmul in bands of STREAM_CHUNK_TOKENS tokens
+        monkeypatch.setattr(M, "STREAM_BLOCK_ELEMENTS", 1)
+        monkeypatch.setattr(M, "STREAM_CHUNK_TOKENS", 5)
     """On CPU the patch embedding is a matmul over channels-last patches, which rounds exactly like torch's conv."""
     torch.manual_seed(0)
     tm, mm = twin_cells(R.PatchEmbed2D(patch_size=2, in_channels=shape[1], embed_dim=96),
