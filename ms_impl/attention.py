@@ -151,7 +151,8 @@ _matmul_nt = ops.BatchMatMul(transpose_b=True)
 
 def attend_whole(query, key, value, bias, *, heads: int, scale: float):
     """The portable path in one chunk: q·kᵀ as a matmul with a transposed second operand (no kᵀ copy, no
-    chunk loop). Bit-identical to ``attend_prepared`` (the same kernels, same accumulation)."""
+    chunk loop). Agrees with ``attend_prepared`` to rounding: same softmax and value matmul, but the transposed-
+    operand score matmul can round a score 1 ULP differently from the matmul on prepared kᵀ at some shapes."""
     q = split_heads(query.astype(ms.float32), heads)
     k = split_heads(key.astype(ms.float32), heads)
     scores = _matmul_nt(q, k) * scale

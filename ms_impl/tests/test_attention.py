@@ -90,7 +90,9 @@ def _check_portable_against_float64(case, budget, atol):
 
 @FAST
 @given(attention_case())
-def test_one_chunk_path_is_bit_identical_to_the_prepared_keys_path(case):
+def test_one_chunk_path_matches_the_prepared_keys_path(case):
+    """Same softmax and value matmul; the score matmul with a transposed operand (no kᵀ copy) can round a score
+    1 ULP differently from the matmul on prepared kᵀ at some shapes, which the fp32 softmax passes on."""
     b, heads, d, sq, sk, masked, pad, seed = case
     rng = np.random.default_rng(seed)
     q, k, v = (Tensor(x) for x in _qkv(rng, b, heads, d, sq, sk))
@@ -98,7 +100,7 @@ def test_one_chunk_path_is_bit_identical_to_the_prepared_keys_path(case):
     whole = A.attend_whole(q, k, v, bias, heads=heads, scale=d ** -0.5).asnumpy()
     k_t, v_prepared = A.prepare_keys(k, v, heads)
     prepared = A.attend_prepared(q, k_t, v_prepared, bias, heads=heads, scale=d ** -0.5, chunk_elements=1 << 30)
-    np.testing.assert_array_equal(whole, prepared.asnumpy())
+    np.testing.assert_allclose(whole, prepared.asnumpy(), rtol=0, atol=1e-6)
 
 
 def test_portable_chunking_bounds_the_score_block(monkeypatch):
