@@ -47,7 +47,7 @@ from ms_impl.precision import FP32, Numerics, numerics_for
 from parity.errors import ParityError
 from parity.families.opensora_v13.config import FIRST_DENSE_TAIL_BLOCK, FIRST_SPARSE_BLOCK, OpenSoraConfig
 from parity.families.opensora_v13.probes import SPARSE_NS
-from parity.families.opensora_v13.shapes import rope_positions
+from parity.families.opensora_v13.shapes import rope_positions, token_chunks
 from parity.families.opensora_v13.tables import rope_inv_freq, timestep_frequencies
 
 MASK_BIAS = -10000.0        # additive bias of a masked video patch / text token
@@ -801,10 +801,7 @@ class _TokenStream:
     def chunks(self, steps: int = 1):
         """(start, stop, rows): token chunks of ``steps`` steps; ``rows`` is the chunk's length rounded up to whole
         units."""
-        step = self.step * steps
-        for s0 in range(0, self.seq, step):
-            s1 = min(self.seq, s0 + step)
-            yield s0, s1, -(-(s1 - s0) // self.unit) * self.unit
+        return token_chunks(self.seq, self.step * steps, self.unit)
 
     def roped(self, x, s0, s1):
         """(B, L, heads·d) tokens s0..s1: the processor's RoPE on their own grid positions."""

@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from parity.errors import ParityError
 from parity.families.opensora_v13.config import OpenSoraConfig
+from parity.families.opensora_v13.shapes import token_chunks
 
 # Attention on CPU is evaluated in query chunks once a single call would hold more attention scores than this
 # (batch · heads · q_len · k_len). Chunking only splits the query rows; every row still sees all keys, so the
@@ -773,10 +774,7 @@ class _TokenStream:
     def chunks(self, steps: int = 1):
         """(start, stop, rows): token chunks of ``steps`` steps; ``rows`` is the chunk's length rounded up to whole
         units."""
-        step = self.step * steps
-        for s0 in range(0, self.seq, step):
-            s1 = min(self.seq, s0 + step)
-            yield s0, s1, -(-(s1 - s0) // self.unit) * self.unit
+        return token_chunks(self.seq, self.step * steps, self.unit)
 
     def roped(self, x, s0, s1):
         """(L, B, heads·d) tokens s0..s1: the processor's RoPE on their own grid positions."""
