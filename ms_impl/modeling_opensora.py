@@ -121,7 +121,7 @@ def gelu(x, approximate: str):
 
 
 GELU_BETA, GELU_KAPPA = math.sqrt(2.0 / math.pi), 0.044715
-GELU_CHUNK_ELEMENTS = 4 * 1024 * 1024  # elements per float64 sigmoid call (its temporaries: 2 x 32 MiB)
+GELU_CHUNK_ELEMENTS = 8 * 1024 * 1024  # elements per float64 sigmoid call (its temporaries: 2 x 64 MiB)
 
 
 def gelu_tanh_sigmoid(x):
