@@ -100,20 +100,21 @@ def best_of(fn, n: int) -> float:
     return best
 
 
-def rss_now_gb() -> float:
+def _status_gb(field: str) -> float:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in GB; NaN where there is none."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024 / GB
     return float("nan")
+
+
+def rss_now_gb() -> float:
+    return _status_gb("VmRSS")
 
 
 def hwm_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / GB
-    return float("nan")
+    return _status_gb("VmHWM")
 
 
 def reset_hwm() -> bool:

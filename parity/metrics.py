@@ -445,11 +445,7 @@ class _Acc:
         else:
             if (s_dd < _TINY_SUM and s_dd < s_abs) or (s_rr < _TINY_SUM and r.any()):  # float underflow
                 s_dd, s_dr, s_rr, s_abs = _sums64(r, s)
-            self.n_c += m
-            self.s_abs += s_abs
-            self.s_dd += s_dd
-            self.s_dr += s_dr
-            self.s_rr += s_rr
+            self._add_sums(m, s_dr, s_rr, s_dd, s_abs)
             if not self.known and a > self.amax:
                 self._raise_amax(a)
             if full and self.word_ok:
@@ -565,12 +561,16 @@ class _Acc:
         if (not math.isfinite(s_dd + s_dr + s_rr + s_abs) or (s_dd < _TINY_SUM and s_dd < s_abs)
                 or (s_rr < _TINY_SUM and rc.any())):  # float32 sums overflow or underflow
             s_dd, s_dr, s_rr, s_abs = _sums64(rc, sc)
-        self.s_dd += s_dd
+        self._add_sums(nb, s_dr, s_rr, s_dd, s_abs)
+        self._values(ad, rc, sc, i, pos)
+
+    def _add_sums(self, n_c: int, s_dr: float, s_rr: float, s_dd: float, s_abs: float):
+        """One chunk's compared count and partial sums, accumulated in float64."""
+        self.n_c += n_c
         self.s_dr += s_dr
         self.s_rr += s_rr
+        self.s_dd += s_dd
         self.s_abs += s_abs
-        self.n_c += nb
-        self._values(ad, rc, sc, i, pos)
 
     def _values(self, ad, rr, ss, base, pos):
         """Order statistics of one chunk's finite pairs: |Δ| ``ad``, ref ``rr``, sub ``ss``; element j sits at

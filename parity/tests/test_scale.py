@@ -428,37 +428,27 @@ def test_ms_explicit_broadcast_and_ffn_chunking_keep_the_values(monkeypatch):
     np.testing.assert_allclose(chunked, explicit, rtol=0, atol=2 ** -6)  # bf16: at most an ULP flip here and there
 
 
+@pytest.mark.parametrize("framework", ["mindspore", pytest.param("torch", marks=pytest.mark.torch)])
 @pytest.mark.parametrize("case", ["padded-batch-fp32", "tiny-sparse-bf16"])
-def test_ms_token_streamed_blocks_are_bit_identical(monkeypatch, case):
-    """The real-size block path (keys/values of all tokens, then token chunks updated in place), forced on the
-    fixtures: B=2, masked video, ragged text, Skiparse single and group skip with padding, bf16 emulation."""
-    pytest.importorskip("mindspore")
-    import ms_impl.harness as MH
-    import ms_impl.modeling_opensora as MM
+def test_token_streamed_blocks_are_bit_identical(monkeypatch, framework, case):
+    """The real-size block path (head-group keys/values of all tokens, then token chunks updated in place), forced
+    on the fixtures in each framework: B=2, masked video, ragged text, Skiparse single and group skip with
+    padding, bf16 emulation."""
+    pytest.importorskip(framework)
+    if framework == "mindspore":
+        import ms_impl.harness as harness
+        import ms_impl.modeling_opensora as modeling
+    else:
+        import reference_torch.harness as harness
+        import reference_torch.modeling_opensora as modeling
 
     d = open_dump(os.path.join(FIXTURES, case))
-    model = MH.build_model(d.config, d.load_weights(), d.precision)
-    whole = MH.forward(model, d.inputs())
-    monkeypatch.setattr(MM, "STREAM_BLOCK_ELEMENTS", 0)
-    monkeypatch.setattr(MM, "STREAM_CHUNK_TOKENS", 16)
-    monkeypatch.setattr(MM, "STREAM_GROUP_HEADS", 1)
-    np.testing.assert_array_equal(MH.forward(model, d.inputs()), whole)
-
-
-@pytest.mark.torch
-@pytest.mark.parametrize("case", ["padded-batch-fp32", "tiny-sparse-bf16"])
-def test_torch_token_streamed_blocks_are_bit_identical(monkeypatch, case):
-    pytest.importorskip("torch")
-    import reference_torch.harness as RH
-    import reference_torch.modeling_opensora as RM
-
-    d = open_dump(os.path.join(FIXTURES, case))
-    model = RH.build_model(d.config, d.load_weights(), d.precision)
-    whole = RH.forward(model, d.inputs())
-    monkeypatch.setattr(RM, "STREAM_BLOCK_ELEMENTS", 0)
-    monkeypatch.setattr(RM, "STREAM_CHUNK_TOKENS", 16)
-    monkeypatch.setattr(RM, "STREAM_GROUP_HEADS", 1)
-    np.testing.assert_array_equal(RH.forward(model, d.inputs()), whole)
+    model = harness.build_model(d.config, d.load_weights(), d.precision)
+    whole = harness.forward(model, d.inputs())
+    monkeypatch.setattr(modeling, "STREAM_BLOCK_ELEMENTS", 0)
+    monkeypatch.setattr(modeling, "STREAM_CHUNK_TOKENS", 16)
+    monkeypatch.setattr(modeling, "STREAM_GROUP_HEADS", 1)
+    np.testing.assert_array_equal(harness.forward(model, d.inputs()), whole)
 
 
 @pytest.mark.parametrize("rows, d_in, d_out", [(256, 2304, 9216), (256, 9216, 2304), (1, 2304, 6 * 2304),
