@@ -24,8 +24,8 @@ except the dump I/O throughputs and the real-size peak RSS.
   ``real_size_target_met``).
 
 Options: ``--quick`` (smaller sizes, for a smoke run), ``--real-layers N``, ``--skip-real``, ``--out FILE``,
-``--ms-softmax fp32`` (the port's attention softmax on MindSpore's fp32 kernel instead of the default float64
-normalisation; recorded as ``ms_attention_softmax``).
+``--ms-softmax fp64`` / ``--ms-gelu fp64`` (the port's attention softmax / tanh-GELU sigmoid in float64 instead of
+the default MindSpore fp32 kernels; recorded as ``ms_attention_softmax`` / ``ms_gelu``).
 """
 
 from __future__ import annotations
@@ -322,8 +322,10 @@ def bench_small(tmp: str, quick: bool) -> dict:
            "text_tokens": SMALL_TEXT}
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     out["torch_threads"] = torch.get_num_threads()
+    import ms_impl.modeling_opensora as M
     from ms_impl import attention as A
     out["ms_attention_softmax"] = "float64-normalised" if A.PRECISE_SOFTMAX else "MindSpore fp32 kernel"
+    out["ms_gelu"] = "x·sigmoid(2u), sigmoid " + ("in float64" if M.PRECISE_GELU else "on MindSpore's fp32 kernel")
 
     say(f"small config: {out['hidden']} hidden, {cfg['num_layers']} layers, {out['tokens']} tokens; torch dump")
     weights = RH.random_weights(cfg, 0)
@@ -548,7 +550,7 @@ def table(res: dict) -> str:
         rows.append(("MS vs torch fp32 matmul " + "x".join(map(str, mm["shape"])),
                      f"{mm['ratio']:.2f}x ({mm['ms_gflops']:.0f} / {mm['torch_gflops']:.0f} GFLOP/s)", "(reference)", "—"))
         port_sm = s.get("kernels", {}).get("port_softmax", "")
-        for key, label in (("gelu_tanh", "MS vs torch tanh-GELU (port's x·sigmoid64(2u))"),
+        for key, label in (("gelu_tanh", f"MS vs torch tanh-GELU (port: {s.get('ms_gelu', '?')})"),
                            ("gelu_tanh_ops_kernel", "MS vs torch tanh-GELU (ops.gelu kernel)"),
                            ("softmax_port_vs_torch", f"MS softmax (port: {port_sm}) vs torch fp32"),
                            ("softmax_fp64_vs_torch", "MS softmax (fp64-normalised) vs torch fp32")):
@@ -584,6 +586,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run; figures are not the targets')")
     ap.add_argument("--ms-softmax", choices=("fp64", "fp32"),
                     help="attention softmax of the MindSpore port (default: the port's own, MindSpore's fp32 kernel)")
+    ap.add_argument("--ms-gelu", choices=("fp64", "fp32"),
+                    help="tanh-GELU sigmoid of the MindSpore port (default: the port's own, MindSpore's fp32 kernel)")
     ap.add_argument("--real-layers", type=int, default=3)
     ap.add_argument("--skip-real", action="store_true", help="skip the real-size subprocess runs")
     ap.add_argument("--only", choices=("metrics", "io", "small", "real"), action="append")
@@ -612,6 +616,9 @@ def main(argv=None) -> int:
             if args.ms_softmax:
                 from ms_impl import attention as A
                 A.PRECISE_SOFTMAX = args.ms_softmax == "fp64"
+            if args.ms_gelu:
+                import ms_impl.modeling_opensora as M
+                M.PRECISE_GELU = args.ms_gelu == "fp64"
             res["small"] = bench_small(tmp, args.quick)
     if "real" in parts:
         res["real"] = bench_real(args.real_layers, grid, tuple(args.real_frameworks.split(",")))

@@ -121,27 +121,32 @@ def gelu(x, approximate: str):
 
 
 GELU_BETA, GELU_KAPPA = math.sqrt(2.0 / math.pi), 0.044715
-GELU_CHUNK_ELEMENTS = 8 * 1024 * 1024  # elements per float64 sigmoid call (its temporaries: 2 x 64 MiB)
+# True: the sigmoid in float64 (within 1 fp32 ULP of torch's kernel, ~3x slower: a single-threaded fp64 kernel)
+PRECISE_GELU = False
+GELU_CHUNK_ELEMENTS = 8 * 1024 * 1024  # elements per call (PRECISE_GELU's float64 temporaries: 2 x 64 MiB)
 
 
 def gelu_tanh_sigmoid(x):
     """tanh-GELU ``½x(1 + tanh u)`` as ``x·sigmoid(2u)`` (the same function), ``u = β(x + κx³)`` formed in float32
-    as torch forms it, the sigmoid in float64. MindSpore's CPU ``gelu`` kernel is ~3x slower than these five ops
-    and its fp32 ``tanh``/``sigmoid`` are up to 1e-4 absolute / 40 ULP off; this stays as close to torch as
-    ``ops.gelu`` (both within 7 ULP where the result is well conditioned, and closer than torch to float64)."""
+    as torch forms it (``2u`` as ``(2β)(x + κx³)``: scaling by 2 is exact). MindSpore's CPU ``gelu`` kernel is
+    ~10x slower than these ops and its fp32 ``tanh`` is up to 1e-4 off; its fp32 ``sigmoid`` keeps this within
+    6e-7 of torch's kernel (torch's own distance from float64: 4e-7), ``PRECISE_GELU`` (float64 sigmoid) within
+    one fp32 ULP of |value| (4.8e-7)."""
     rows = x.reshape(-1, x.shape[-1])
     step = max(1, GELU_CHUNK_ELEMENTS // max(1, x.shape[-1]))
     if rows.shape[0] <= step:
         return _gelu_tanh_sigmoid_rows(x)
-    out = ops.zeros(rows.shape, x.dtype)  # in row chunks: the float64 temporaries stay small
+    out = ops.zeros(rows.shape, x.dtype)  # in row chunks: the temporaries stay small
     for r0 in range(0, rows.shape[0], step):
         out[r0:r0 + step] = _gelu_tanh_sigmoid_rows(rows[r0:r0 + step])
     return out.reshape(x.shape)
 
 
 def _gelu_tanh_sigmoid_rows(x):
-    u = GELU_BETA * (x + GELU_KAPPA * (x * x * x))
-    return x * ops.sigmoid((2 * u).astype(ms.float64)).astype(ms.float32)
+    two_u = (2 * GELU_BETA) * (x + GELU_KAPPA * (x * x * x))
+    if not PRECISE_GELU:
+        return x * ops.sigmoid(two_u)
+    return x * ops.sigmoid(two_u.astype(ms.float64)).astype(ms.float32)
 
 
 # ================================================================================================================
