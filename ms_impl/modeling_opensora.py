@@ -58,8 +58,9 @@ FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
 # token-streamed with the portable attention backend (``BasicTransformerBlock._construct_streamed``): the same
 # math holding only the residual stream (updated in place), the self-attention outputs of all tokens, one head
 # group's queries, keys and values, and one chunk of STREAM_CHUNK_TOKENS tokens. Below it (every committed fixture
-# and test config) a block runs as upstream.
-STREAM_BLOCK_ELEMENTS = 32 * 1024 * 1024
+# and test config) a block runs as upstream. Lower than torch's threshold: MindSpore's CPU memory pool keeps the
+# high-water mark of an unstreamed block's temporaries (~17 hidden states at 6,144 x 1,152) for the whole run.
+STREAM_BLOCK_ELEMENTS = 4 * 1024 * 1024
 STREAM_CHUNK_TOKENS = 256
 # Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (released 24 heads: 8 groups; a group's queries,
 # keys and values = 3/8 of a hidden state); streamed attention calls hold at most STREAM_ATTENTION_SCORES scores.
@@ -170,22 +171,21 @@ class Linear(Cell):
         feature is its own dot product over the same inputs)."""
         return self._dense(x, self.weight[start:stop], None if self.bias is None else self.bias[start:stop])
 
-    def in_row_blocks(self, x):
-        """``construct(x)`` with at most a quarter of the output features per call, for the streamed paths: on CPU
-        each dense call copies its weight, transposed, into MindSpore's memory pool, which keeps its
-        high-water mark (85 MB for a released FFN weight). Bit-identical to one call at the released FFN and
-        adaLN shapes (tested); MindSpore's CPU matmul can round a split differently at other shapes."""
-        step = min(self.out_features // 4, self.in_features)
-        if step < 1 or step >= self.out_features:
-            return self(x)
-        return ops.cat([self.rows(x, s, min(self.out_features, s + step)) for s in range(0, self.out_features, step)],
-                       axis=-1)
-
     def _dense(self, x, weight, bias):
-        if bias is not None and explicit_broadcast() and x.dtype in (ms.float32, ms.float16):
+        if explicit_broadcast() and x.dtype == ms.float32:
+            # on CPU: a 2-D matmul against the weight as stored (transpose_b), + bias explicitly broadcast. The
+            # same values as ops.dense from 16 rows on (closer to float64 below), at up to 2-4x its speed, and
+            # without ops.dense's transposed copy of the weight in MindSpore's never-shrinking memory pool
+            # (85 MB per call for a released FFN weight).
+            y = _matmul_nt(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
+            return self.numerics(y if bias is None else y + bcast(bias, y))
+        if bias is not None and explicit_broadcast() and x.dtype == ms.float16:
             y = ops.dense(x, weight, None)  # + bias, explicitly broadcast: bit-identical to the fused call
             return self.numerics(y + bcast(bias, y))
         return self.numerics(ops.dense(x, weight, bias))
+
+
+_matmul_nt = ops.MatMul(transpose_b=True)
 
 
 class LayerNorm(Cell):
@@ -233,12 +233,6 @@ class FeedForward(Cell):
         if final_dropout:
             layers.append(nn.Dropout(p=dropout))
         self.net = nn.CellList(layers)
-
-    def streamed(self, hidden_states):
-        """``construct`` for one token chunk of a streamed block, its Linears ``in_row_blocks``."""
-        gelu_layer, out_layer = self.net[0], self.net[2]
-        h = self.numerics(gelu(gelu_layer.proj.in_row_blocks(hidden_states), gelu_layer.approximate))
-        return out_layer.in_row_blocks(h)
 
     def construct(self, hidden_states):
         inner = self.net[0].proj.out_features
@@ -316,12 +310,10 @@ class AdaLayerNormSingle(Cell):
         self.emb = PixArtAlphaCombinedTimestepSizeEmbeddings(embedding_dim)
         self.linear = Linear(embedding_dim, 6 * embedding_dim, bias=True)
 
-    streamed = False  # set by the model for real-size inputs: ``linear`` in row blocks (see Linear.in_row_blocks)
-
     def construct(self, timestep, added_cond_kwargs=None, batch_size=None, hidden_dtype=None):
         embedded_timestep = self.emb(timestep, batch_size=batch_size, hidden_dtype=hidden_dtype)
         x = self.numerics(ops.silu(embedded_timestep))
-        return (self.linear.in_row_blocks(x) if self.streamed else self.linear(x)), embedded_timestep
+        return self.linear(x), embedded_timestep
 
 
 class PixArtAlphaTextProjection(Cell):
@@ -739,7 +731,7 @@ class BasicTransformerBlock(Cell):
                 a = r(a / attn2.rescale_output_factor)
             chunk = r(a + chunk)
             n = modulate(self.norm2(chunk), shift_mlp, scale_mlp, r)
-            f = self.ff.streamed(n)
+            f = self.ff(n)
             del n
             h[:, s0:s1] = r(r(bcast(gate_mlp, f) * f) + chunk)
             del f, a, chunk
@@ -930,7 +922,6 @@ class OpenSoraT2V_v1_3(Cell):
     def _operate_on_patched_inputs(self, hidden_states, encoder_hidden_states, timestep, batch_size, frame):
         """-> hidden_states (B, S, D), encoder_hidden_states (B, L, D), timestep (B, 6D), embedded_timestep (B, D)."""
         hidden_states = self.pos_embed(self.numerics(hidden_states.astype(self.dtype)))
-        self.adaln_single.streamed = hidden_states.size > STREAM_BLOCK_ELEMENTS
         timestep, embedded_timestep = self.adaln_single(timestep, None, batch_size=batch_size,
                                                         hidden_dtype=self.dtype)
         encoder_hidden_states = self.caption_projection(encoder_hidden_states)   # b 1 l d

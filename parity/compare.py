@@ -32,7 +32,7 @@ from parity.families import get_family
 from parity.metrics import compute_metrics
 from parity.probemap import load_probe_map
 from parity.progress import Progress
-from parity.safetensors_io import read_safetensors_header
+from parity.safetensors_io import read_safetensors_header, release_pages
 from parity.stats import SAMPLE_SIZE, check as stats_check, subject_stats
 from parity.store import open_dump
 from parity.tolerances import load_profiles, relative_passed
@@ -83,8 +83,10 @@ class _Evaluator:
 
     def lowp_error(self, name: str) -> float:
         if name not in self._lowp_err:
-            m = compute_metrics(self._reference(name, "state_fp32"), self._reference(name), atol=0.0, rtol=0.0,
-                                name=name)
+            ref32, ref = self._reference(name, "state_fp32"), self._reference(name)
+            m = compute_metrics(ref32, ref, atol=0.0, rtol=0.0, name=name)
+            release_pages(ref32)
+            release_pages(ref)
             self._lowp_err[name] = float(m.max_abs)
         return self._lowp_err[name]
 
@@ -97,6 +99,13 @@ class _Evaluator:
             self._stats_probe(mode, spec, sub)
             return
         ref = self._reference(name)
+        try:
+            self._judge(mode, spec, sub, ref)
+        finally:  # the reference's pages were only needed for this probe: out of RSS again (the file keeps them)
+            release_pages(ref)
+
+    def _judge(self, mode: str, spec, sub: np.ndarray, ref: np.ndarray) -> None:
+        name = spec.name
         tol = self.profiles.lookup(self.precision, spec.probe_class, mode)
         use_relative = (tol.relative is not None and mode == "accumulated" and self.dump.has_fp32_states
                         and spec.probe_class not in ("input", "mask"))
@@ -109,7 +118,9 @@ class _Evaluator:
         if use_relative:
             lowp = self.lowp_error(name)
             bound = tol.relative.k * lowp + tol.relative.floor
-            metrics = compute_metrics(self._reference(name, "state_fp32"), sub, atol=bound, rtol=0.0, name=name)
+            ref32 = self._reference(name, "state_fp32")
+            metrics = compute_metrics(ref32, sub, atol=bound, rtol=0.0, name=name)
+            release_pages(ref32)
             finite = metrics.nan_sub == 0 and metrics.inf_sub == 0
             passed = bool(finite and relative_passed(metrics.max_abs, lowp, tol.relative))
             atol, rtol, criterion = bound, 0.0, "relative"

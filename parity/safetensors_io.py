@@ -179,9 +179,10 @@ def load_safetensors(path, names=None, *, mmap: bool = False) -> dict:
 
 
 def release_pages(arr) -> None:
-    """Drop the resident pages of an array memory-mapped by ``load_safetensors(mmap=True)`` (no-op for other
-    arrays): a mapped file's pages count in RSS until unmapped, and a weights dict stays alive while the model
-    is built from it. The data are untouched; pages touched again are re-read from the file."""
+    """Drop the resident pages of a ``numpy.memmap`` (``load_safetensors(mmap=True)`` weights, a dump's states; a
+    no-op for other arrays): a mapped file's pages count in RSS until unmapped, and a weights dict (a dump) stays
+    alive while the model is built (compared). The data are untouched; pages touched again are re-read from the
+    file."""
     mapping = getattr(arr, "_mmap", None)  # numpy.memmap keeps its mmap.mmap here
     if mapping is not None and hasattr(mapping, "madvise") and hasattr(_mmap, "MADV_DONTNEED"):
         mapping.madvise(_mmap.MADV_DONTNEED)

@@ -313,6 +313,21 @@ def test_accumulated_compare_keeps_at_most_one_state_alive(monkeypatch):
     assert all(r() is None for r in seen)
 
 
+def test_compare_drops_each_reference_page_set_after_its_probe(monkeypatch):
+    """A compared reference is a memmap whose pages would count in RSS until the dump is closed: each one is
+    released (``release_pages``) as soon as its probe is judged."""
+    pytest.importorskip("mindspore")
+    import parity.compare as C
+
+    released: list = []
+    real = C.release_pages
+    monkeypatch.setattr(C, "release_pages", lambda arr: (released.append(os.path.basename(arr.filename)), real(arr)))
+    result = C.compare_dump(os.path.join(FIXTURES, "tiny-sparse-fp32"),
+                            C.CompareOptions(modes=("accumulated",), progress=False))
+    assert result["passed"]
+    assert sorted(released) == sorted(f"{p['name']}.npy" for p in result["probes"])
+
+
 class _FakeSubject:
     """A stand-in subject that 'produces' each probe as a fresh array (reference + noise) in capture order."""
 
@@ -451,11 +466,10 @@ def test_token_streamed_blocks_are_bit_identical(monkeypatch, framework, case):
     np.testing.assert_array_equal(harness.forward(model, d.inputs()), whole)
 
 
-@pytest.mark.parametrize("rows, d_in, d_out", [(256, 2304, 9216), (256, 9216, 2304), (1, 2304, 6 * 2304),
-                                               (2, 2304, 6 * 2304)])
-def test_ms_linear_in_row_blocks_is_bit_identical_at_released_shapes(rows, d_in, d_out):
-    """The streamed FFN (token chunks of 256) and the streamed adaLN linear (batch 1, 2) call their Linears in
-    blocks of output rows; at these shapes that must not change a bit."""
+@pytest.mark.parametrize("rows, d_in, heads", [(256, 2304, 24), (256, 576, 6), (7, 96, 3), (1, 48, 2)])
+def test_ms_linear_rows_are_bit_identical_to_a_slice(rows, d_in, heads):
+    """The streamed self-attention projects one head group at a time (``Linear.rows``); every group's output
+    features must be exactly those of the whole projection, or streaming would change the model."""
     pytest.importorskip("mindspore")
     import mindspore as ms
     import ms_impl.harness as MH
@@ -463,8 +477,12 @@ def test_ms_linear_in_row_blocks_is_bit_identical_at_released_shapes(rows, d_in,
 
     MH.setup_context("CPU")
     rng = np.random.default_rng(0)
-    linear = MM.Linear(d_in, d_out)
-    linear.weight.set_data(ms.Tensor(rng.standard_normal((d_out, d_in), dtype=np.float32)))
-    linear.bias.set_data(ms.Tensor(rng.standard_normal(d_out, dtype=np.float32)))
+    linear = MM.Linear(d_in, d_in)
+    linear.weight.set_data(ms.Tensor(rng.standard_normal((d_in, d_in), dtype=np.float32)))
+    linear.bias.set_data(ms.Tensor(rng.standard_normal(d_in, dtype=np.float32)))
     x = ms.Tensor(rng.standard_normal((1, rows, d_in), dtype=np.float32))
-    np.testing.assert_array_equal(linear.in_row_blocks(x).asnumpy(), linear(x).asnumpy())
+    whole = linear(x).asnumpy()
+    step = d_in // heads
+    for c0 in range(0, d_in, step):
+        np.testing.assert_array_equal(linear.rows(x, c0, c0 + step).asnumpy(), whole[..., c0:c0 + step],
+                                      err_msg=f"output features {c0}:{c0 + step} of a ({rows}, {d_in}) input")
