@@ -62,12 +62,15 @@ FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
 # high-water mark of an unstreamed block's temporaries (~17 hidden states at 6,144 x 1,152) for the whole run.
 STREAM_BLOCK_ELEMENTS = 4 * 1024 * 1024
 STREAM_CHUNK_TOKENS = 256
-# Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (released 24 heads: 8 groups; a group's queries,
-# keys and values = 3/8 of a hidden state); streamed attention calls hold at most STREAM_ATTENTION_SCORES scores.
-STREAM_GROUP_HEADS = 3
+# Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (released 24 heads: 12 groups; a group's queries,
+# keys and values = 1/4 of a hidden state, numpy-backed, one set per block); streamed attention calls hold at most
+# STREAM_ATTENTION_SCORES scores.
+STREAM_GROUP_HEADS = 2
 STREAM_ATTENTION_SCORES = 2 * 1024 * 1024
-# Streamed self-attention takes queries STREAM_QUERY_CHUNKS token chunks at a time (its score buffers are capped
-# by STREAM_ATTENTION_SCORES, so a longer query chunk only saves per-call overhead).
+# Streamed self-attention builds a group's queries, keys and values and attends STREAM_QUERY_CHUNKS token chunks
+# at a time (its score buffers are capped by STREAM_ATTENTION_SCORES). Fewer, longer calls matter: every round of
+# chunk temporaries can leave MindSpore's CPU pool a little more fragmented, and the pool never shrinks (measured:
+# it creeps by a few hundredths of a GB per released-size block; less with these chunks than with 256 tokens).
 STREAM_QUERY_CHUNKS = 4
 SPARSE_PAD_BIAS = -9980.0   # additive bias of a Skiparse padding token
 
@@ -196,12 +199,17 @@ class LayerNorm(Cell):
         if elementwise_affine:
             raise ParityError("LayerNorm: elementwise_affine=True is not part of OpenSoraT2V v1.3")
         self.dim, self.eps = dim, eps
+        # one primitive (per eps) and one pair of unit gamma/zero beta per cell, not per call: a primitive made per
+        # call leaves a little in MindSpore's memory pool each time (the streamed paths call a norm per token chunk)
+        self._layer_norm = None
+        self._gamma = Tensor(np.ones((dim,), np.float32))
+        self._beta = Tensor(np.zeros((dim,), np.float32))
 
     def construct(self, x):
-        ones = ops.ones((self.dim,), ms.float32)
-        zeros = ops.zeros((self.dim,), ms.float32)
-        layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=self.eps)
-        y = layer_norm(x.astype(ms.float32), ones, zeros)[0]
+        if self._layer_norm is None or self._layer_norm_eps != self.eps:
+            self._layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=self.eps)
+            self._layer_norm_eps = self.eps
+        y = self._layer_norm(x.astype(ms.float32), self._gamma, self._beta)[0]
         return self.numerics(y.astype(x.dtype))
 
 
@@ -370,6 +378,7 @@ class PatchEmbed2D(Cell):
                 start = (f * hp + r0) * wp
                 out[:, start:start + (r1 - r0) * wp] = x.transpose(0, 2, 3, 1).reshape(b, (r1 - r0) * wp, -1)
         return out
+
     def _construct_as_matmul(self, latent):
         """The same stride-p convolution as one matmul over non-overlapping patches, flattened channels-last
         ``(p, q, c)``: this order reproduces torch's CPU conv bit for bit in fp32 (MindSpore's Conv2D kernel
@@ -389,7 +398,7 @@ class PatchEmbed2D(Cell):
         for r0 in range(0, rows, STREAM_CHUNK_TOKENS):
             y = self._patch_rows(patches[r0:r0 + STREAM_CHUNK_TOKENS], weight)
             if out is None:
-                out = ops.zeros((rows, weight.shape[0]), y.dtype)
+                out = stream_buffer((rows, weight.shape[0]), y.dtype)  # the residual stream: outside the pool
             out[r0:r0 + y.shape[0]] = y
         return out.reshape(b, t * hp * wp, -1)
 
@@ -708,24 +717,21 @@ class BasicTransformerBlock(Cell):
         stream = _TokenStream(attn1, batch, seq, frame, height, width)
         attended = self._streamed_self_attention(h, stream, shift_msa, scale_msa, attention_mask)
 
-        text_k = attn2.to_k(encoder_hidden_states)
-        text_v = attn2.to_v(encoder_hidden_states)
-        if attn2.processor.sparse1d:
-            text_k, text_v = attn2.processor._sparse_1d_kv(text_k), attn2.processor._sparse_1d_kv(text_v)
-        text_k_t, text_v = attention_seam.prepare_keys(text_k, text_v, attn2.heads)
-        del text_k
+        # Cross-attention keys/values once per batch element, not tiled to the k Skiparse sub-batches as upstream
+        # does: every sub-batch sees the same text and the same (k-major tiled) text mask, so the chunk's queries
+        # attend in token order (per query row the same computation; tested bit-identical).
+        text_k_t, text_v = attention_seam.prepare_keys(attn2.to_k(encoder_hidden_states),
+                                                       attn2.to_v(encoder_hidden_states), attn2.heads)
+        text_mask = None if encoder_attention_mask is None else encoder_attention_mask[:batch]
 
-        for s0, s1, rows in stream.chunks():
+        for s0, s1, _ in stream.chunks():
             chunk = h[:, s0:s1]
             a = attn1.to_out[1](attn1.to_out[0](attended[:, s0:s1]))
             if attn1.rescale_output_factor != 1.0:
                 a = r(a / attn1.rescale_output_factor)
             chunk = r(r(bcast(gate_msa, a) * a) + chunk)
-            q = stream.regroup(stream.padded(attn2.to_q(chunk), rows), attn2.processor)
-            a = r(attention_seam.attend_prepared(q, text_k_t, text_v, encoder_attention_mask, heads=attn2.heads,
+            a = r(attention_seam.attend_prepared(attn2.to_q(chunk), text_k_t, text_v, text_mask, heads=attn2.heads,
                                                  scale=attn2.scale, chunk_elements=STREAM_ATTENTION_SCORES))
-            del q
-            a = stream.ungroup(a, attn2.processor, rows)[:, :s1 - s0]
             a = attn2.to_out[1](attn2.to_out[0](a))
             if attn2.rescale_output_factor != 1.0:
                 a = r(a / attn2.rescale_output_factor)
@@ -750,13 +756,16 @@ class BasicTransformerBlock(Cell):
         head_dim = attn1.inner_dim // attn1.heads
         kb, g_all = stream.k * batch, stream.seq_pad // stream.k
         attended = stream_buffer((batch, seq, attn1.inner_dim), h.dtype)
+        group_heads = None
         for h0 in range(0, attn1.heads, STREAM_GROUP_HEADS):
             h1 = min(attn1.heads, h0 + STREAM_GROUP_HEADS)
             c0, c1 = h0 * head_dim, h1 * head_dim
-            queries = ops.zeros((kb, g_all, c1 - c0), h.dtype)
-            key_t = ops.zeros((kb, h1 - h0, head_dim, g_all), ms.float32)
-            values = ops.zeros((kb, h1 - h0, g_all, head_dim), ms.float32)
-            for s0, s1, rows in stream.chunks():
+            if h1 - h0 != group_heads:  # one set per block, outside MindSpore's pool (each group rewrites
+                group_heads = h1 - h0   # every element; re-allocated per group they fragmented the pool)
+                queries = stream_buffer((kb, g_all, c1 - c0), h.dtype)
+                key_t = stream_buffer((kb, group_heads, head_dim, g_all), ms.float32)
+                values = stream_buffer((kb, group_heads, g_all, head_dim), ms.float32)
+            for s0, s1, rows in stream.chunks(STREAM_QUERY_CHUNKS):
                 n = modulate(self.norm1(h[:, s0:s1]), shift_msa, scale_msa, r)
                 g0 = s0 // stream.k
                 q = stream.regroup(stream.padded(stream.roped(attn1.to_q.rows(n, c0, c1), s0, s1), rows), proc)
@@ -775,7 +784,6 @@ class BasicTransformerBlock(Cell):
                                                      chunk_elements=STREAM_ATTENTION_SCORES))
                 attended[:, s0:s1, c0:c1] = stream.ungroup(a, proc, rows)[:, :s1 - s0]
                 del a
-            del queries, key_t, values
         return attended
 
 

@@ -325,8 +325,12 @@ def test_whole_model_every_probe(case, precision):
         arr = get_adapter(spec.ms_adapter).to_reference(arr, **params)
         if precision == "fp32":
             assert_twin(arr, r, "fp32", fp32_atol=1e-5, what=spec.name)
-        elif precision == "bf16" and spec.probe_class in ("input", "mask", "embedding"):
-            np.testing.assert_array_equal(arr, r, err_msg=spec.name)   # emulation is bit-exact up to the blocks
+        elif precision == "bf16" and spec.probe_class in ("input", "mask"):
+            np.testing.assert_array_equal(arr, r, err_msg=spec.name)
+        elif precision == "bf16" and spec.probe_class == "embedding":
+            # the emulation rounds where torch rounds; a Linear's fp32 sum (torch's and MindSpore's kernels order
+            # it differently) lands on the other side of a bf16 rounding boundary for ~1e-4 of the elements
+            assert_twin(arr, r, "bf16", low_ulps=1.0, what=spec.name)
         else:   # low precision after blocks: a rare 1-ulp flip may propagate
             scale = max(1.0, float(np.abs(r).max()))
             assert np.abs(arr - r).max() <= (0.03 if precision == "bf16" else 0.01) * scale, spec.name
