@@ -466,6 +466,37 @@ def test_token_streamed_blocks_are_bit_identical(monkeypatch, framework, case):
     np.testing.assert_array_equal(harness.forward(model, d.inputs()), whole)
 
 
+@pytest.mark.parametrize("framework", ["mindspore", pytest.param("torch", marks=pytest.mark.torch)])
+def test_token_streamed_blocks_with_an_uneven_last_head_group(monkeypatch, framework):
+    """3 heads in groups of 2: the last head group is smaller (MindSpore re-allocates its group buffers for it),
+    with Skiparse padding (45 tokens) and ragged text; bit-identical to the unstreamed blocks."""
+    pytest.importorskip(framework)
+    from parity.families.opensora_v13.testing import make_inputs, tiny_config
+
+    cfg = tiny_config(num_layers=4, heads=3, head_dim=24)
+    inputs = make_inputs(seed=3, frames=3, height=10, width=6)
+    if framework == "mindspore":
+        import ms_impl.harness as harness
+        import ms_impl.modeling_opensora as modeling
+
+        harness.setup_context("CPU")
+        model = modeling.OpenSoraT2V_v1_3(cfg)
+    else:
+        import torch
+
+        import reference_torch.harness as harness
+        import reference_torch.modeling_opensora as modeling
+
+        torch.manual_seed(3)
+        model = modeling.OpenSoraT2V_v1_3.from_config(cfg).eval()
+    whole = harness.forward(model, inputs)
+    assert np.abs(whole).max() > 0
+    monkeypatch.setattr(modeling, "STREAM_BLOCK_ELEMENTS", 0)
+    monkeypatch.setattr(modeling, "STREAM_CHUNK_TOKENS", 16)
+    monkeypatch.setattr(modeling, "STREAM_GROUP_HEADS", 2)
+    np.testing.assert_array_equal(harness.forward(model, inputs), whole)
+
+
 @pytest.mark.parametrize("rows, d_in, heads", [(256, 2304, 24), (256, 576, 6), (7, 96, 3), (1, 48, 2)])
 def test_ms_linear_rows_are_bit_identical_to_a_slice(rows, d_in, heads):
     """The streamed self-attention projects one head group at a time (``Linear.rows``); every group's output
