@@ -156,6 +156,9 @@ def _gelu_tanh_sigmoid_rows(x):
 # ================================================================================================================
 # diffusers building blocks
 # ================================================================================================================
+_linear_matmul = ops.MatMul(transpose_b=True)  # x (N, in) · weight (out, in)ᵀ, the weight as stored
+
+
 class Linear(Cell):
     """torch ``nn.Linear``: weight (out, in), bias (out); default init U(±1/sqrt(in))."""
 
@@ -180,15 +183,12 @@ class Linear(Cell):
             # same values as ops.dense from 16 rows on (closer to float64 below), at up to 2-4x its speed, and
             # without ops.dense's transposed copy of the weight in MindSpore's never-shrinking memory pool
             # (85 MB per call for a released FFN weight).
-            y = _matmul_nt(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
+            y = _linear_matmul(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
             return self.numerics(y if bias is None else y + bcast(bias, y))
         if bias is not None and explicit_broadcast() and x.dtype == ms.float16:
             y = ops.dense(x, weight, None)  # + bias, explicitly broadcast: bit-identical to the fused call
             return self.numerics(y + bcast(bias, y))
         return self.numerics(ops.dense(x, weight, bias))
-
-
-_matmul_nt = ops.MatMul(transpose_b=True)
 
 
 class LayerNorm(Cell):
@@ -201,12 +201,12 @@ class LayerNorm(Cell):
         self.dim, self.eps = dim, eps
         # one primitive (per eps) and one pair of unit gamma/zero beta per cell, not per call: a primitive made per
         # call leaves a little in MindSpore's memory pool each time (the streamed paths call a norm per token chunk)
-        self._layer_norm = None
+        self._layer_norm, self._layer_norm_eps = None, None
         self._gamma = Tensor(np.ones((dim,), np.float32))
         self._beta = Tensor(np.zeros((dim,), np.float32))
 
     def construct(self, x):
-        if self._layer_norm is None or self._layer_norm_eps != self.eps:
+        if self._layer_norm_eps != self.eps:
             self._layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=self.eps)
             self._layer_norm_eps = self.eps
         y = self._layer_norm(x.astype(ms.float32), self._gamma, self._beta)[0]
@@ -320,8 +320,7 @@ class AdaLayerNormSingle(Cell):
 
     def construct(self, timestep, added_cond_kwargs=None, batch_size=None, hidden_dtype=None):
         embedded_timestep = self.emb(timestep, batch_size=batch_size, hidden_dtype=hidden_dtype)
-        x = self.numerics(ops.silu(embedded_timestep))
-        return self.linear(x), embedded_timestep
+        return self.linear(self.numerics(ops.silu(embedded_timestep))), embedded_timestep
 
 
 class PixArtAlphaTextProjection(Cell):

@@ -905,7 +905,6 @@ class _Acc:
         return best
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 
 def compute_metrics(ref, sub, *, atol: float, rtol: float, rel_floor: float | None = None,
