@@ -18,10 +18,11 @@ except the dump I/O throughputs and the real-size peak RSS.
 * ``real_size_peak_rss_gb``: one forward at the released width (hidden 2304, 24 heads, caption 4096, 512 text
   tokens) on the real latent grid 24x44x80 (21,120 tokens, Skiparse 4) with 3 layers (blocks 0, 1 dense,
   block 2 Skiparse single skip), each framework in its own subprocess. Reported: the absolute peak (VmHWM, max of
-  the frameworks) and, per framework, the peak above the baseline (VmRSS after importing and setting up the
-  framework and building the inputs, before building the model: the runtime itself cannot be removed), which
-  is judged against weights + three hidden states (``real_size_peak_above_baseline_gb``, ``real_size_budget_gb``,
-  ``real_size_target_met``).
+  the frameworks) and, per framework, the peak above the baseline (VmRSS after importing, setting up and
+  initialising the framework with one 4-element op, and building the inputs, before building the model: the
+  runtime itself cannot be removed), which is judged against weights + three hidden states
+  (``real_size_peak_above_baseline_gb``, ``real_size_budget_gb``, ``real_size_target_met``). The peak above
+  the VmRSS before that op is kept too (``peak_above_cold_baseline_gb``).
 
 Options: ``--quick`` (smaller sizes, for a smoke run), ``--real-layers N``, ``--skip-real``, ``--out FILE``,
 ``--ms-softmax fp64`` / ``--ms-gelu fp64`` (the port's attention softmax / tanh-GELU sigmoid in float64 instead of
@@ -64,8 +65,9 @@ SMALL_GRID = (6, 32, 48)      # latent T, H, W -> 6 x 16 x 24 = 2,304 tokens
 SMALL_TEXT = 128
 REAL_GRID = (24, 44, 80)      # 93x352x640 video -> latent 24x44x80 -> 21,120 tokens
 REAL_TEXT = 512
-BASELINE_DEFINITION = ("VmRSS of the child process after importing and setting up the framework and building "
-                       "the numpy inputs, before building the model")
+BASELINE_DEFINITION = ("VmRSS of the child process after importing, setting up and initialising the framework (one "
+                       "4-element op: the runtime's lazily started parts) and building the numpy inputs, before "
+                       "building the model; the figure before that op is kept as baseline_cold_rss_gb")
 
 
 def make_inputs(cfg: dict, grid, text_len: int, seed: int = 0) -> dict:
@@ -451,6 +453,8 @@ def real_child(framework: str, layers: int, grid=REAL_GRID) -> dict:
         from reference_torch.modeling_opensora import OpenSoraT2V_v1_3
 
         torch.set_num_threads(len(os.sched_getaffinity(0)))
+        rep["baseline_cold_rss_gb"] = rss_now_gb()
+        (torch.ones(4) + 1).numpy()  # the runtime's lazily started parts
         rep["baseline_rss_gb"] = rss_now_gb()
         torch.manual_seed(0)
         model = OpenSoraT2V_v1_3.from_config(cfg).eval()
@@ -463,6 +467,8 @@ def real_child(framework: str, layers: int, grid=REAL_GRID) -> dict:
         from ms_impl.modeling_opensora import OpenSoraT2V_v1_3, set_attention_backend
 
         MH.setup_context("CPU")
+        rep["baseline_cold_rss_gb"] = rss_now_gb()
+        (ms.Tensor(np.ones(4, np.float32)) + 1).asnumpy()  # the runtime's lazily started parts (pool, kernels)
         rep["baseline_rss_gb"] = rss_now_gb()
         ms.set_seed(0)
         model = OpenSoraT2V_v1_3(cfg)
@@ -513,11 +519,13 @@ def bench_real(layers: int, grid=REAL_GRID, frameworks=("torch", "mindspore")) -
         rep["weights_gb"] = round(weights_gb, 3)
         rep["budget_gb"] = round(weights_gb + 3 * hidden_bytes / GB, 3)
         rep["peak_above_baseline_gb"] = round(rep["peak_process_gb"] - rep["baseline_rss_gb"], 3)
+        rep["peak_above_cold_baseline_gb"] = round(rep["peak_process_gb"] - rep["baseline_cold_rss_gb"], 3)
         rep["within_budget"] = rep["peak_above_baseline_gb"] <= rep["budget_gb"]
         # what the forward holds beyond the built model, in hidden states
         rep["forward_peak_above_weights_hidden_states"] = round(
             (rep["peak_forward_gb"] - rep["rss_after_build_gb"]) / (hidden_bytes / GB), 2)
-        for k in ("baseline_rss_gb", "rss_after_build_gb", "peak_build_gb", "peak_forward_gb", "peak_process_gb"):
+        for k in ("baseline_cold_rss_gb", "baseline_rss_gb", "rss_after_build_gb", "peak_build_gb",
+                  "peak_forward_gb", "peak_process_gb"):
             rep[k] = round(rep[k], 3)
         out["runs"][fw] = rep
     return out
@@ -567,9 +575,10 @@ def table(res: dict) -> str:
             rows.append((f"real size {fw}", run["error"][:60], "", "NO"))
             continue
         rows.append((f"real size peak RSS above baseline*, {fw} ({r['layers']} layers, {r['tokens']} tok)",
-                     f"{run['peak_above_baseline_gb']:.2f} GB (VmHWM {run['peak_process_gb']:.2f} - baseline "
-                     f"{run['baseline_rss_gb']:.2f}; {run['forward_s']:.0f} s)",
-                     f"<= {run['budget_gb']:.2f} (w + 3 states)",
+                     f"{run['peak_above_baseline_gb']:.3f} GB (VmHWM {run['peak_process_gb']:.3f} - baseline "
+                     f"{run['baseline_rss_gb']:.3f}; above the cold baseline "
+                     f"{run.get('peak_above_cold_baseline_gb', float('nan')):.3f}; {run['forward_s']:.0f} s)",
+                     f"<= {run['budget_gb']:.3f} (w + 3 states)",
                      _met(run["peak_above_baseline_gb"], run["budget_gb"], "<=")))
     w = max(len(a) for a, *_ in rows) if rows else 10
     v = max(len(b) for _, b, *_ in rows) if rows else 10

@@ -146,6 +146,10 @@ def portable_attention(query, key, value, bias, *, heads: int, scale: float, chu
     return attend_prepared(query, k_t, v, bias, heads=heads, scale=scale, chunk_elements=chunk_elements)
 
 
+# Batched matmuls as BatchMatMul primitives: ``mint.matmul`` on 4-D operands copies its operands into a workspace
+# of MindSpore's CPU pool on every call (a chunk's q·kᵀ against 5,280 released-size keys of 2 heads: +24 MB per
+# call, and the pool keeps its high-water mark); BatchMatMul reads them in place, bit-identically (tested).
+_matmul = ops.BatchMatMul()
 _matmul_nt = ops.BatchMatMul(transpose_b=True)
 
 
@@ -159,7 +163,7 @@ def attend_whole(query, key, value, bias, *, heads: int, scale: float):
     if bias is not None:
         scores = scores + _bcast(bias.astype(ms.float32), scores)
     probs = softmax_precise(scores)
-    return merge_heads(mint.matmul(probs, split_heads(value.astype(ms.float32), heads))).astype(query.dtype)
+    return merge_heads(_matmul(probs, split_heads(value.astype(ms.float32), heads))).astype(query.dtype)
 
 
 def prepare_keys(key, value, heads: int):
@@ -184,11 +188,11 @@ def attend_prepared(query, k_t, v, bias, *, heads: int, scale: float, chunk_elem
     for start in range(0, sq, rows):
         stop = min(sq, start + rows)
         q = split_heads(query[:, start:stop].astype(ms.float32), heads)
-        scores = mint.matmul(q, k_t) * scale
+        scores = _matmul(q, k_t) * scale
         del q
         if bias32 is not None:
             scores = scores + _bcast(bias32, scores)
-        piece = merge_heads(mint.matmul(softmax_precise(scores), v)).astype(out_dtype)
+        piece = merge_heads(_matmul(softmax_precise(scores), v)).astype(out_dtype)
         del scores
         if stop - start == sq:
             return piece

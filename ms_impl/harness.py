@@ -107,7 +107,9 @@ def _model_inputs(model: OpenSoraT2V_v1_3, inputs: Mapping[str, np.ndarray]) -> 
     for name, arr in arrays.items():
         arr = np.ascontiguousarray(arr)
         if name in _CAST_INPUTS:
-            t = nx(ms.Tensor(arr.astype(np.float32)).astype(nx.dtype))
+            # the float32 copy is the tensor's storage (no second copy; at real size the caption alone is 8 MB)
+            t = ms.Tensor.from_numpy(arr.astype(np.float32))
+            t = nx(t if nx.dtype == ms.float32 else t.astype(nx.dtype))
             names[name] = nx.logical
         else:
             t = ms.Tensor(arr)

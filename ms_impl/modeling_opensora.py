@@ -57,20 +57,23 @@ FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
 # Blocks whose hidden states hold more than this many elements (B·S·D; released size 21,120 x 2,304) run
 # token-streamed with the portable attention backend (``BasicTransformerBlock._construct_streamed``): the same
 # math holding only the residual stream (updated in place), the self-attention outputs of all tokens, one head
-# group's queries, keys and values, and one chunk of STREAM_CHUNK_TOKENS tokens. Below it (every committed fixture
-# and test config) a block runs as upstream. Lower than torch's threshold: MindSpore's CPU memory pool keeps the
+# group's keys and values, and one chunk of STREAM_CHUNK_TOKENS tokens. Below it (every committed fixture and test
+# config) a block runs as upstream. Lower than torch's threshold: MindSpore's CPU memory pool keeps the
 # high-water mark of an unstreamed block's temporaries (~17 hidden states at 6,144 x 1,152) for the whole run.
 STREAM_BLOCK_ELEMENTS = 4 * 1024 * 1024
-STREAM_CHUNK_TOKENS = 256
-# Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (released 24 heads: 12 groups; a group's queries,
-# keys and values = 1/4 of a hidden state, numpy-backed, one set per block); streamed attention calls hold at most
-# STREAM_ATTENTION_SCORES scores.
+# 240 tokens (15 Skiparse units) divide the released 21,120 tokens: no odd-sized last chunk, whose temporaries
+# split the pool's holes (measured: 8 MB lower peak than 256-token chunks at the released size).
+STREAM_CHUNK_TOKENS = 240
+# Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (released 24 heads: 12 groups; a group's keys
+# and values = 1/6 of a hidden state, numpy-backed, one set per block); streamed attention calls hold at most
+# STREAM_ATTENTION_SCORES scores (2.25 Mi: the size class of the chunk loops' other large temporaries, e.g. a
+# chunk's FFN activations; fewer, larger calls run faster than 1 Mi, which is also no smaller at the peak).
 STREAM_GROUP_HEADS = 2
-STREAM_ATTENTION_SCORES = 2 * 1024 * 1024
-# Streamed self-attention builds a group's queries, keys and values and attends STREAM_QUERY_CHUNKS token chunks
-# at a time (its score buffers are capped by STREAM_ATTENTION_SCORES). Fewer, longer calls matter: every round of
-# chunk temporaries can leave MindSpore's CPU pool a little more fragmented, and the pool never shrinks (measured:
-# it creeps by a few hundredths of a GB per released-size block; less with these chunks than with 256 tokens).
+STREAM_ATTENTION_SCORES = 9 * 256 * 1024
+# Streamed self-attention builds a group's keys and values, then queries, STREAM_QUERY_CHUNKS token chunks at a
+# time. Fewer, longer calls matter: every round of chunk temporaries can leave MindSpore's CPU pool a little more
+# fragmented, and the pool never shrinks (measured: it creeps by ~0.01-0.02 GB per released-size block; more
+# with 480- or 512-token chunks, whose smaller holes the feed-forward's temporaries then do not fit).
 STREAM_QUERY_CHUNKS = 4
 SPARSE_PAD_BIAS = -9980.0   # additive bias of a Skiparse padding token
 
@@ -110,6 +113,21 @@ def stream_buffer(shape, dtype):
     if ms.get_context("device_target") != "CPU":
         return ops.zeros(shape, dtype)
     return Tensor.from_numpy(np.zeros(shape, ms.dtype_to_nptype(dtype)))
+
+
+def outside_pool(x):
+    """``x`` copied to a ``stream_buffer``-like tensor outside MindSpore's pool on CPU (as it is elsewhere): for a
+    tensor that stays alive while a loop of chunk temporaries runs around it in the pool, where it would split
+    the holes the temporaries reuse."""
+    if ms.get_context("device_target") != "CPU":
+        return x
+    return Tensor.from_numpy(np.array(x.asnumpy(), copy=True))
+
+
+def zeros_to_none(bias):
+    """None for an additive attention bias of zeros (nothing masked or padded), else ``bias``: adding zeros
+    changes no score, and the streamed paths then hold one score-sized buffer less per attention call."""
+    return None if bias is None or not np.any(bias.asnumpy()) else bias
 
 
 def modulate(x, shift, scale, r):
@@ -714,14 +732,15 @@ class BasicTransformerBlock(Cell):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(modulation, 6, axis=1)
         attn1, attn2 = self.attn1, self.attn2
         stream = _TokenStream(attn1, batch, seq, frame, height, width)
-        attended = self._streamed_self_attention(h, stream, shift_msa, scale_msa, attention_mask)
+        attended = self._streamed_self_attention(h, stream, shift_msa, scale_msa, zeros_to_none(attention_mask))
 
         # Cross-attention keys/values once per batch element, not tiled to the k Skiparse sub-batches as upstream
         # does: every sub-batch sees the same text and the same (k-major tiled) text mask, so the chunk's queries
         # attend in token order (per query row the same computation; tested bit-identical).
         text_k_t, text_v = attention_seam.prepare_keys(attn2.to_k(encoder_hidden_states),
                                                        attn2.to_v(encoder_hidden_states), attn2.heads)
-        text_mask = None if encoder_attention_mask is None else encoder_attention_mask[:batch]
+        text_k_t, text_v = outside_pool(text_k_t), outside_pool(text_v)  # they live through the chunk loop
+        text_mask = None if encoder_attention_mask is None else zeros_to_none(encoder_attention_mask[:batch])
 
         for s0, s1, _ in stream.chunks():
             chunk = h[:, s0:s1]
@@ -744,10 +763,11 @@ class BasicTransformerBlock(Cell):
 
     def _streamed_self_attention(self, h, stream, shift_msa, scale_msa, attention_mask):
         """Self-attention outputs of all tokens (B, S, inner), before the output projection, one group of
-        STREAM_GROUP_HEADS heads at a time: the group's queries (``_sparse_1d`` layout), keys (transposed) and
-        values (the portable seam's layout) of every token (RoPE'd, Skiparse regrouped, zero padding as
-        ``_sparse_1d`` pads; projections restricted to the group's output rows), then attention for chunks of
-        queries against all keys."""
+        STREAM_GROUP_HEADS heads at a time: the group's keys (transposed) and values (the portable seam's layout)
+        of every token (RoPE'd, Skiparse regrouped, zero padding as ``_sparse_1d`` pads; projections restricted to
+        the group's output rows), then attention for chunks of queries (``_sparse_1d`` layout, built per chunk
+        from the same normalised tokens: recomputing the norm costs less than holding a group's queries) against
+        all keys."""
         r = self.numerics
         attn1 = self.attn1
         proc = attn1.processor
@@ -761,26 +781,25 @@ class BasicTransformerBlock(Cell):
             c0, c1 = h0 * head_dim, h1 * head_dim
             if h1 - h0 != group_heads:  # one set per block, outside MindSpore's pool (each group rewrites
                 group_heads = h1 - h0   # every element; re-allocated per group they fragmented the pool)
-                queries = stream_buffer((kb, g_all, c1 - c0), h.dtype)
                 key_t = stream_buffer((kb, group_heads, head_dim, g_all), ms.float32)
                 values = stream_buffer((kb, group_heads, g_all, head_dim), ms.float32)
             for s0, s1, rows in stream.chunks(STREAM_QUERY_CHUNKS):
                 n = modulate(self.norm1(h[:, s0:s1]), shift_msa, scale_msa, r)
                 g0 = s0 // stream.k
-                q = stream.regroup(stream.padded(stream.roped(attn1.to_q.rows(n, c0, c1), s0, s1), rows), proc)
-                queries[:, g0:g0 + q.shape[1]] = q
                 kc = stream.regroup(stream.padded(stream.roped(attn1.to_k.rows(n, c0, c1), s0, s1), rows), proc)
                 vc = stream.regroup(stream.padded(attn1.to_v.rows(n, c0, c1), rows), proc)
-                del n, q
+                del n
                 kc, vc = attention_seam.prepare_keys(kc, vc, h1 - h0)
                 key_t[:, :, :, g0:g0 + kc.shape[-1]] = kc
                 values[:, :, g0:g0 + vc.shape[2]] = vc
                 del kc, vc
             for s0, s1, rows in stream.chunks(STREAM_QUERY_CHUNKS):
-                g0 = s0 // stream.k
-                a = r(attention_seam.attend_prepared(queries[:, g0:g0 + rows // stream.k], key_t, values,
-                                                     attention_mask, heads=h1 - h0, scale=attn1.scale,
-                                                     chunk_elements=STREAM_ATTENTION_SCORES))
+                n = modulate(self.norm1(h[:, s0:s1]), shift_msa, scale_msa, r)
+                q = stream.regroup(stream.padded(stream.roped(attn1.to_q.rows(n, c0, c1), s0, s1), rows), proc)
+                del n
+                a = r(attention_seam.attend_prepared(q, key_t, values, attention_mask, heads=h1 - h0,
+                                                     scale=attn1.scale, chunk_elements=STREAM_ATTENTION_SCORES))
+                del q
                 attended[:, s0:s1, c0:c1] = stream.ungroup(a, proc, rows)[:, :s1 - s0]
                 del a
         return attended

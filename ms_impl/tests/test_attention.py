@@ -103,6 +103,24 @@ def test_one_chunk_path_matches_the_prepared_keys_path(case):
     np.testing.assert_allclose(whole, prepared.asnumpy(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("a_shape,b_shape", [((4, 2, 49, 96), (4, 2, 96, 5280)),    # released Skiparse score chunk
+                                              ((4, 2, 49, 5280), (4, 2, 5280, 96)),  # and its value matmul
+                                              ((1, 3, 7, 24), (1, 3, 24, 40)), ((2, 1, 1, 8), (2, 1, 8, 3))])
+def test_batch_matmul_primitive_gives_mint_matmul_values(a_shape, b_shape):
+    """The portable path's BatchMatMul (operands read in place, no pool workspace) is mint.matmul bit for bit,
+    also with a head-split (transposed) first operand."""
+    from mindspore import mint
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    np.testing.assert_array_equal(A._matmul(Tensor(a), Tensor(b)).asnumpy(),
+                                  mint.matmul(Tensor(a), Tensor(b)).asnumpy())
+    n, h, s, d = a_shape
+    split = A.split_heads(Tensor(np.ascontiguousarray(a.transpose(0, 2, 1, 3)).reshape(n, s, h * d)), h)
+    np.testing.assert_array_equal(A._matmul(split, Tensor(b)).asnumpy(), mint.matmul(split, Tensor(b)).asnumpy())
+
+
 def test_portable_chunking_bounds_the_score_block(monkeypatch):
     rng = np.random.default_rng(0)
     q, k, v = _qkv(rng, 2, 2, 8, 50, 30)
