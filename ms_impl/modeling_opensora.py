@@ -52,8 +52,10 @@ from parity.families.opensora_v13.tables import rope_inv_freq, timestep_frequenc
 
 MASK_BIAS = -10000.0        # additive bias of a masked video patch / text token
 # The feed-forward runs in token chunks once its inner activations (tokens · 4·D) would exceed this many elements
-# (released size: 21,120 x 9,216); below it (every committed fixture) it is one call, as upstream.
-FFN_CHUNK_ELEMENTS = 16 * 1024 * 1024
+# (released width: 120 tokens x 9,216, half a streamed chunk: at the released size its temporaries are the
+# largest in the chunk loop, and halved they leave MindSpore's pool 14 MB lower); below it (every committed
+# fixture) it is one call, as upstream.
+FFN_CHUNK_ELEMENTS = 120 * 9216
 # Blocks whose hidden states hold more than this many elements (B·S·D; released size 21,120 x 2,304) run
 # token-streamed with the portable attention backend (``BasicTransformerBlock._construct_streamed``): the same
 # math holding only the residual stream (updated in place), the self-attention outputs of all tokens, one head
@@ -66,10 +68,11 @@ STREAM_BLOCK_ELEMENTS = 4 * 1024 * 1024
 STREAM_CHUNK_TOKENS = 240
 # Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (released 24 heads: 12 groups; a group's keys
 # and values = 1/6 of a hidden state, numpy-backed, one set per block); streamed attention calls hold at most
-# STREAM_ATTENTION_SCORES scores (2.25 Mi: the size class of the chunk loops' other large temporaries, e.g. a
-# chunk's FFN activations; fewer, larger calls run faster than 1 Mi, which is also no smaller at the peak).
+# STREAM_ATTENTION_SCORES scores: 240 x 9,216, the size of a chunk's norm/modulation temporaries at the released
+# width (4 x 240 tokens x 2,304), so that the pool's holes fit every large temporary. (1 Mi: 2x slower, and no
+# lower at the peak: more calls, more fragmentation.)
 STREAM_GROUP_HEADS = 2
-STREAM_ATTENTION_SCORES = 9 * 256 * 1024
+STREAM_ATTENTION_SCORES = 240 * 9216
 # Streamed self-attention builds a group's keys and values, then queries, STREAM_QUERY_CHUNKS token chunks at a
 # time. Fewer, longer calls matter: every round of chunk temporaries can leave MindSpore's CPU pool a little more
 # fragmented, and the pool never shrinks (measured: it creeps by ~0.01-0.02 GB per released-size block; more
@@ -930,6 +933,8 @@ class OpenSoraT2V_v1_3(Cell):
         height, width = hidden_states.shape[-2] // c.patch_size, hidden_states.shape[-1] // c.patch_size
         hidden_states, encoder_hidden_states, timestep, embedded_timestep = self._operate_on_patched_inputs(
             hidden_states, encoder_hidden_states, timestep, batch_size, frame)
+        if hidden_states.size > STREAM_BLOCK_ELEMENTS:  # real sizes: it stays alive through every block
+            encoder_hidden_states = outside_pool(encoder_hidden_states)
 
         sparse_mask = {}
         for sparse_n in SPARSE_NS:

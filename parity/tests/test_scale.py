@@ -466,6 +466,28 @@ def test_token_streamed_blocks_are_bit_identical(monkeypatch, framework, case):
     np.testing.assert_array_equal(harness.forward(model, d.inputs()), whole)
 
 
+def test_ms_streamed_blocks_drop_all_zero_biases_bit_identically(monkeypatch):
+    """Nothing masked or padded: the streamed path attends without the (all-zero) biases, and gives the unstreamed
+    values exactly."""
+    pytest.importorskip("mindspore")
+    import ms_impl.harness as harness
+    import ms_impl.modeling_opensora as modeling
+
+    d = open_dump(os.path.join(FIXTURES, "tiny-sparse-fp32"))
+    inputs = dict(d.inputs())
+    inputs["attention_mask"] = np.ones_like(inputs["attention_mask"])
+    inputs["encoder_attention_mask"] = np.ones_like(inputs["encoder_attention_mask"])
+    model = harness.build_model(d.config, d.load_weights(), d.precision)
+    whole = harness.forward(model, inputs)
+    dropped = []
+    real = modeling.zeros_to_none
+    monkeypatch.setattr(modeling, "zeros_to_none", lambda b: (lambda r: (dropped.append(r is None), r)[1])(real(b)))
+    monkeypatch.setattr(modeling, "STREAM_BLOCK_ELEMENTS", 0)
+    monkeypatch.setattr(modeling, "STREAM_CHUNK_TOKENS", 16)
+    np.testing.assert_array_equal(harness.forward(model, inputs), whole)
+    assert dropped and all(dropped)
+
+
 @pytest.mark.parametrize("framework", ["mindspore", pytest.param("torch", marks=pytest.mark.torch)])
 def test_token_streamed_blocks_with_an_uneven_last_head_group(monkeypatch, framework):
     """3 heads in groups of 2: the last head group is smaller (MindSpore re-allocates its group buffers for it),
