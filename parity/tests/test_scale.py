@@ -481,7 +481,13 @@ def test_ms_streamed_blocks_drop_all_zero_biases_bit_identically(monkeypatch):
     whole = harness.forward(model, inputs)
     dropped = []
     real = modeling.zeros_to_none
-    monkeypatch.setattr(modeling, "zeros_to_none", lambda b: (lambda r: (dropped.append(r is None), r)[1])(real(b)))
+
+    def recording(bias):
+        out = real(bias)
+        dropped.append(out is None)
+        return out
+
+    monkeypatch.setattr(modeling, "zeros_to_none", recording)
     monkeypatch.setattr(modeling, "STREAM_BLOCK_ELEMENTS", 0)
     monkeypatch.setattr(modeling, "STREAM_CHUNK_TOKENS", 16)
     np.testing.assert_array_equal(harness.forward(model, inputs), whole)
