@@ -778,6 +778,18 @@ class BasicTransformerBlock(Cell):
         head_dim = attn1.inner_dim // attn1.heads
         kb, g_all = stream.k * batch, stream.seq_pad // stream.k
         attended = stream_buffer((batch, seq, attn1.inner_dim), h.dtype)
+
+        def normed(s0, s1):
+            return modulate(self.norm1(h[:, s0:s1]), shift_msa, scale_msa, r)
+
+        def grouped(linear, n, s0, s1, rows, c0, c1, rope=True):
+            """the group's output features of tokens s0..s1, RoPE'd, padded to ``rows`` and Skiparse regrouped"""
+            x = linear.rows(n, c0, c1)
+            if rope:
+                x = stream.roped(x, s0, s1)
+            x = stream.padded(x, rows)
+            return stream.regroup(x, proc)
+
         group_heads = None
         for h0 in range(0, attn1.heads, STREAM_GROUP_HEADS):
             h1 = min(attn1.heads, h0 + STREAM_GROUP_HEADS)
@@ -787,19 +799,17 @@ class BasicTransformerBlock(Cell):
                 key_t = stream_buffer((kb, group_heads, head_dim, g_all), ms.float32)
                 values = stream_buffer((kb, group_heads, g_all, head_dim), ms.float32)
             for s0, s1, rows in stream.chunks(STREAM_QUERY_CHUNKS):
-                n = modulate(self.norm1(h[:, s0:s1]), shift_msa, scale_msa, r)
+                n = normed(s0, s1)
                 g0 = s0 // stream.k
-                kc = stream.regroup(stream.padded(stream.roped(attn1.to_k.rows(n, c0, c1), s0, s1), rows), proc)
-                vc = stream.regroup(stream.padded(attn1.to_v.rows(n, c0, c1), rows), proc)
+                kc = grouped(attn1.to_k, n, s0, s1, rows, c0, c1)
+                vc = grouped(attn1.to_v, n, s0, s1, rows, c0, c1, rope=False)
                 del n
                 kc, vc = attention_seam.prepare_keys(kc, vc, h1 - h0)
                 key_t[:, :, :, g0:g0 + kc.shape[-1]] = kc
                 values[:, :, g0:g0 + vc.shape[2]] = vc
                 del kc, vc
             for s0, s1, rows in stream.chunks(STREAM_QUERY_CHUNKS):
-                n = modulate(self.norm1(h[:, s0:s1]), shift_msa, scale_msa, r)
-                q = stream.regroup(stream.padded(stream.roped(attn1.to_q.rows(n, c0, c1), s0, s1), rows), proc)
-                del n
+                q = grouped(attn1.to_q, normed(s0, s1), s0, s1, rows, c0, c1)
                 a = r(attention_seam.attend_prepared(q, key_t, values, attention_mask, heads=h1 - h0,
                                                      scale=attn1.scale, chunk_elements=STREAM_ATTENTION_SCORES))
                 del q
