@@ -3,7 +3,7 @@
 Each mutant patches a *built* model for the duration of a ``with`` block and restores it on exit; the modeling
 file is not edited and has no test flags. The seams used are the model's own attributes (``GELU.approximate``,
 ``LayerNorm.eps``, the attention processors' ``rope`` / ``sparse_group``, ``Timesteps.flip_sin_to_cos``,
-``Attention.processor``). ``first_divergence`` is the first probe (in capture order) the bug changes;
+``Attention.processor``). ``first_divergence`` is the first probe (in the family's data-flow order) the bug changes;
 ``needs`` names an input condition without which the bug is invisible.
 
     with MUTANTS["gelu_exact"].apply(model):
@@ -143,7 +143,7 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in (
     Mutant("skiparse_swapped", "Skiparse group and single skip swapped in blocks 2..29", "hidden_states_2_block",
            _skiparse_swapped, needs="a sparse config (sparse1d, sparse_n 4) with at least 3 layers"),
     Mutant("sinusoid_sin_cos", "timestep sinusoid ordered [sin, cos] instead of [cos, sin]",
-           "timestep_operate_on_patched_inputs", _sinusoid_sin_cos),
+           "embedded_timestep_operate_on_patched_inputs", _sinusoid_sin_cos),
     Mutant("text_mask_ignored", "cross-attention ignores the text mask", "hidden_states_0_block",
            _text_mask_ignored, needs="padded text (an encoder_attention_mask with zeros)"),
     Mutant("norm_before_cross_attn", "a LayerNorm (eps 1e-6, no affine) applied before cross-attention",

@@ -76,20 +76,6 @@ def _hinted(fn, hint: str, *args):
         raise ParityError(f"{exc}; {hint}") from None
 
 
-def _check_device(device: str) -> None:
-    """Refuse an accelerator that is not there before the subject framework's own checks print their
-    multi-line diagnostics (a CPU-only machine asked for --device GPU/Ascend)."""
-    import ctypes.util
-
-    if device == "GPU" and ctypes.util.find_library("cuda") is None:
-        raise ParityError("--device GPU: no CUDA driver (libcuda) on this machine; run on a machine with an NVIDIA "
-                          "GPU and MindSpore's GPU setup, or use --device CPU")
-    if device == "Ascend" and not (ctypes.util.find_library("ascendcl") or os.environ.get("ASCEND_HOME_PATH")
-                                   or os.path.isdir("/usr/local/Ascend")):
-        raise ParityError("--device Ascend: no Ascend CANN toolkit here (no libascendcl, ASCEND_HOME_PATH unset); run "
-                          "on an Ascend machine with CANN set up, or use --device CPU")
-
-
 def _dump_root(start: str) -> str | None:
     """The parity dump directory that ``start`` (which need not exist) is, or lies in, if any."""
     from parity.store import CONFIG, MANIFEST, SCHEMA
@@ -132,7 +118,31 @@ def _check_output(path: str, flag: str, kind: str) -> None:
                           f"{flag} outside it")
 
 
+def _reference_args(args) -> dict:
+    return {"reference": args.reference, "reference_path": args.reference_path,
+            "reference_options": args.reference_option}
+
+
 # ---- commands ------------------------------------------------------------------------------------------------
+def cmd_plugins(args) -> int:
+    from parity.plugins import DEFAULTS, load_plugin, registered
+
+    for side in ("reference", "subject"):
+        print(f"{side}s (--{side} NAME):")
+        for name, ep in sorted(registered(side).items()):
+            marker = " (default)" if name == DEFAULTS[side] else ""
+            try:
+                plugin = load_plugin(name, side)
+                families = ", ".join(plugin.families)
+                options = ", ".join(f"{k}={'|'.join(v.choices) if v.choices else '…'}"
+                                    for k, v in (plugin.options or {}).items())
+                print(f"  {name:<22} {plugin.framework:<10} {families}{marker}"
+                      + (f"  options: {options}" if options else ""))
+            except ParityError as exc:
+                print(f"  {name:<22} (cannot be loaded here: {exc}){marker}")
+    return EXIT_OK
+
+
 def cmd_cases(args) -> int:
     from parity.families import get_family
 
@@ -163,7 +173,7 @@ def cmd_dump(args) -> int:
         summary = dump_reference(out=args.out, config=case.config, inputs=case.make_inputs(), seed=seed,
                                  precision=args.precision, case=case.name, inputs_seed=case.inputs_seed,
                                  force=args.force, family=args.family, progress=_progress, threads=args.threads,
-                                 stats_only=args.stats_only)
+                                 stats_only=args.stats_only, **_reference_args(args))
     else:
         if not (args.config and args.inputs) or (args.weights is None) == (args.seed is None):
             raise ParityError("pass --case NAME, or --config C.json --inputs IN and exactly one of "
@@ -173,10 +183,11 @@ def cmd_dump(args) -> int:
         summary = dump_reference(out=args.out, config=config, inputs=inputs, weights_path=args.weights,
                                  seed=args.seed, precision=args.precision, force=args.force, family=args.family,
                                  config_source=args.config, inputs_source=args.inputs, progress=_progress,
-                                 threads=args.threads, stats_only=args.stats_only)
+                                 threads=args.threads, stats_only=args.stats_only, **_reference_args(args))
     if summary["nonfinite"]:
         _say(f"warning: reference states with NaN/Inf: {', '.join(summary['nonfinite'][:5])}")
-    print(f"wrote {summary['out']} ({summary['probes']} probes, {summary['precision']})")
+    print(f"wrote {summary['out']} ({summary['probes']} probes, {summary['precision']}, reference "
+          f"{summary['reference']})")
     return EXIT_OK
 
 
@@ -198,7 +209,6 @@ def cmd_ingest(args) -> int:
 def cmd_convert(args) -> int:
     from parity.families import get_family
     from parity.inputs_io import load_tensor_file
-    from parity.probemap import load_probe_map
     from parity.safetensors_io import load_safetensors_dtypes, save_safetensors
 
     from parity.weights import check_state_dict
@@ -218,12 +228,16 @@ def cmd_convert(args) -> int:
                                source=f"{args.src} (config inferred from the weights; pass --config)")
     check_state_dict(tensors, fam.expected_state_dict_shapes(cfg), source=args.src)
     config = cfg.to_dict()
-    subject = load_probe_map(args.family).harness("subject")
-    convert = subject.convert_ms_to_torch if args.to == "torch" else subject.convert_torch_to_ms
-    out = convert(tensors, config)
+    from parity.plugins import load_plugin
+
+    subject = load_plugin(args.subject, "subject", args.subject_path)
+    if not hasattr(subject, "convert_weights"):
+        raise ParityError(f"--subject {subject.name}: the plug-in keeps the reference's parameter names (it has no "
+                          f"convert_weights); there is nothing to convert")
+    out = subject.convert_weights(tensors, args.family, config, "reference" if args.to == "torch" else "subject")
     dtypes = load_safetensors_dtypes(args.src) if args.src.endswith(".safetensors") else None
     save_safetensors(args.dst, out, dtypes={k: dtypes[k] for k in out if k in dtypes} if dtypes else None)
-    print(f"wrote {args.dst} ({len(out)} tensors, {args.to} names)")
+    print(f"wrote {args.dst} ({len(out)} tensors, {'reference' if args.to == 'torch' else subject.name} names)")
     return EXIT_OK
 
 
@@ -234,7 +248,6 @@ def cmd_compare(args) -> int:
     from parity.tolerances import load_profiles
 
     modes = ("isolated", "accumulated") if args.mode == "both" else (args.mode,)
-    _check_device(args.device)
     if args.report:  # checked before any work: a report that cannot be written must not cost a comparison
         _check_output(args.report, "--report", "dir")
         names = [os.path.basename(os.path.normpath(p)) for p in args.dumps]
@@ -252,7 +265,8 @@ def cmd_compare(args) -> int:
     results = []
     for path in args.dumps:
         opts = CompareOptions(modes=modes, device=args.device, precision=args.precision, probes=args.probes,
-                              tolerance_file=args.tolerances, attention_backend=args.attention,
+                              tolerance_file=args.tolerances, subject=args.subject, subject_path=args.subject_path,
+                              subject_options=args.subject_option,
                               progress=not args.no_progress and _stderr_is_tty())
         result = compare_dump(path, opts)
         if baseline is not None:
@@ -281,11 +295,14 @@ def _print_result(result: dict, verbose: bool) -> None:
     probes = result["probes"]
     n_pass = sum(p["passed"] for p in probes)
     status = "PASS" if result["passed"] else "FAIL"
-    print(f"{status} {result['case']} {result['precision']} ({result['subject_precision']}, {result['device']}, "
-          f"{result['mode']}): {n_pass}/{len(probes)} probes within tolerance, {result['duration_s']:.1f} s")
+    subject = (result.get("subject") or {}).get("plugin", "?")
+    print(f"{status} {result['case']} {result['precision']} ({subject}, {result['subject_precision']}, "
+          f"{result['device']}, {result['mode']}): {n_pass}/{len(probes)} probes within tolerance, "
+          f"{result['duration_s']:.1f} s")
     fd = result["first_divergence"]
     if fd:
-        print(f"first divergence: {fd['probe']} ({fd['mode']}) — torch {fd['torch_path']} / ms {fd['ms_path']}")
+        print(f"first divergence: {fd['probe']} ({fd['mode']}) — reference {fd.get('reference_path', '?')} / "
+              f"subject {fd.get('subject_path', '?')}")
     w = max([len(p["name"]) for p in probes] + [5])
     print(f"  {'probe':<{w}} {'mode':<11} {'max abs':>9} {'mean abs':>9} {'cosine':>10} {'atol':>8} {'rtol':>8}  ok")
     for p in probes:
@@ -294,6 +311,8 @@ def _print_result(result: dict, verbose: bool) -> None:
               f"{_num(p['atol']):>8} {_num(p['rtol']):>8}  {'ok' if p['passed'] else 'FAIL'}")
     for p in result.get("not_evaluated", []):
         print(f"  {p['name']:<{w}} {p['mode']:<11} not evaluated: {p['why']}")
+    for p in result.get("not_applicable", []):
+        print(f"  {p['name']:<{w}} {'—':<11} not applicable: {p['why']}")
     for note in result.get("notes", []):
         print(f"note: {note}")
     failing = [p for p in probes if not p["passed"]]
@@ -396,9 +415,19 @@ class _Parser(argparse.ArgumentParser):
                                   f"--help'\n")
 
 
+def _plugin_args(s, side: str) -> None:
+    default = "torch-reference" if side == "reference" else "ms_impl"
+    s.add_argument(f"--{side}", metavar="NAME|module:attr",
+                   help=f"the {side} plug-in: a registered name ('parity plugins') or module:attr (default {default})")
+    s.add_argument(f"--{side}-path", metavar="DIR",
+                   help=f"a checkout holding the {side}'s code (put on sys.path; recorded with its git commit)")
+    s.add_argument(f"--{side}-option", metavar="KEY=VALUE", action="append",
+                   help=f"an option of the {side} plug-in (repeatable; 'parity plugins' lists them)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="parity", description="PyTorch -> MindSpore numerical parity harness "
-                                "(Open-Sora-Plan v1.3 OpenSoraT2V).")
+    p = _Parser(prog="parity", description="PyTorch -> MindSpore numerical parity harness for video diffusion "
+                                "transformers (reference and subject are plug-ins).")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     p.add_argument("--family", default="opensora_v13", help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
@@ -406,7 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cases", help="list the built-in cases")
     s.set_defaults(func=cmd_cases)
 
-    s = sub.add_parser("dump", help="run the torch reference with capture and write a reference dump")
+    s = sub.add_parser("plugins", help="list the registered reference and subject plug-ins")
+    s.set_defaults(func=cmd_plugins)
+
+    s = sub.add_parser("dump", help="run the reference with capture and write a reference dump")
     s.add_argument("--case", help="a built-in case (see 'parity cases')")
     s.add_argument("--config", help="upstream config.json")
     s.add_argument("--weights", help="upstream .safetensors state dict")
@@ -421,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stats-only", action="store_true",
                    help="store per-probe statistics, sha256 and a sample of values instead of the tensors (very "
                         "large runs; 'parity compare' then applies the weaker stats criterion)")
+    _plugin_args(s, "reference")
     s.set_defaults(func=cmd_dump)
 
     s = sub.add_parser("ingest", help="turn a folder of hand-dumped <probe>.npy files into a dump")
@@ -437,17 +470,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--src", required=True)
     s.add_argument("--dst", required=True)
     s.add_argument("--config", help="config.json to check shapes against (default: inferred from the weights)")
-    s.add_argument("--to", choices=("ms", "torch"), default="ms")
+    s.add_argument("--to", choices=("ms", "torch"), default="ms",
+                   help="ms: the subject plug-in's names (default); torch: back to the reference's names")
     s.add_argument("--force", action="store_true")
+    s.add_argument("--subject", metavar="NAME|module:attr", help="the plug-in whose names to convert to (default "
+                   "ms_impl)")
+    s.add_argument("--subject-path", metavar="DIR", help="checkout holding the plug-in's code")
     s.set_defaults(func=cmd_convert)
 
-    s = sub.add_parser("compare", help="compare the MindSpore model against reference dump(s)")
+    s = sub.add_parser("compare", help="compare a subject model against reference dump(s)")
     s.add_argument("dumps", nargs="+", metavar="DUMP")
     s.add_argument("--mode", choices=MODE_CHOICES, default="both")
     s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="expected dump precision (checked)")
     s.add_argument("--device", choices=("CPU", "GPU", "Ascend"), default="CPU")
-    s.add_argument("--attention", choices=("portable", "ascend", "ascend-emulated"),
-                   help="attention backend of the subject (default: by device)")
+    _plugin_args(s, "subject")
     s.add_argument("--report", metavar="DIR", help="write parity.json / parity.md / parity.png here")
     s.add_argument("--baseline", metavar="FILE", help="a previous parity.json: fail probes whose error grew > 2x")
     s.add_argument("--probes", nargs="+", metavar="GLOB", help="only probes matching these globs")

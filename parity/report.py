@@ -3,19 +3,22 @@
 The comparison engine hands ``write_report`` a plain dict; the same dict, written as ``parity.json``, is
 what ``rerender``, ``load_result`` and ``load_baseline`` read back.
 
-parity.json schema (``"schema": "opensora-parity/report@1"``)
------------------------------------------------------------------
+parity.json schema (``"schema": "opensora-parity/report@2"``; ``@1`` files are read and upgraded)
+-------------------------------------------------------------------------------------------------
 Top level::
 
-    schema             "opensora-parity/report@1"
+    schema             "opensora-parity/report@2"
     case               str     name of the dumped case (e.g. "tiny-sparse")
     dump               str     path of the reference dump directory
+    family             str     model family of the dump (e.g. "opensora_v13")
+    subject            object  the subject plug-in: plugin, framework, versions, source, git_commit, options
+    reference          object  who made the dump (from its manifest): plugin, framework, versions, source, git_commit
     precision          str     reference / tolerance-profile precision, e.g. "fp32"
     subject_precision  str     what the subject ran in: "fp32", "bf16-emulated", ...
     device             str     e.g. "CPU"
     mode               str     "isolated" | "accumulated" | "both"
     passed             bool    every probe passed (and nothing else failed)
-    first_divergence   null | {"probe": str, "mode": str, "torch_path": str, "ms_path": str}
+    first_divergence   null | {"probe": str, "mode": str, "reference_path": str, "subject_path": str}
     created            str     ISO-8601 time
     versions           object  tool/library versions (free-form)
     duration_s         number
@@ -26,9 +29,12 @@ Top level::
         name, mode, probe_class ("input"|"mask"|"embedding"|"block"|"output"), block (int|null),
         shape [int], max_abs, mean_abs, max_rel, cosine, rel_fro, p99_abs, frac_outside,
         min_passing_atol, nan_ref, nan_sub, inf_ref, inf_sub (ints), atol, rtol,
-        criterion ("absolute"|"relative"), lowp_ref_max_abs (number|null),
+        criterion ("absolute"|"relative"|"meaning"|"stats"), lowp_ref_max_abs (number|null),
         baseline_max_abs (number|null), passed (bool), message (str; first line self-contained),
-        torch_path, ms_path (str); optional baseline_regressed (bool) set by apply_baseline
+        reference_path, subject_path (str); optional compared_by (str, masks compared by meaning),
+        baseline_regressed (bool) set by apply_baseline
+    not_evaluated      list    {"name", "mode", "why"}: isolated-mode probes that could not be fed
+    not_applicable     list    {"name", "why"}: probes the subject does not produce (its overlay says why)
     blocks             list    {"block": int, "isolated_max_abs": number|null,
                                 "accumulated_max_abs": number|null, "growth": number|null}
                                (growth = accumulated / isolated)
@@ -59,7 +65,8 @@ from typing import Any, Iterable
 from parity.errors import ParityError
 from parity.metrics import format_number
 
-SCHEMA = "opensora-parity/report@1"
+SCHEMA = "opensora-parity/report@2"
+_UPGRADABLE = {"opensora-parity/report@1": {"torch_path": "reference_path", "ms_path": "subject_path"}}
 JSON_NAME = "parity.json"
 MD_NAME = "parity.md"
 PNG_NAME = "parity.png"
@@ -139,6 +146,20 @@ def _decode(result: dict) -> dict:
     return result
 
 
+def _upgrade(result: Any) -> Any:
+    """A report of an earlier schema in today's form (renamed keys), as read from disk."""
+    renames = _UPGRADABLE.get(result.get("schema")) if isinstance(result, dict) else None
+    if renames is None:
+        return result
+    for holder in [result.get("first_divergence")] + list(result.get("probes") or []):
+        if isinstance(holder, dict):
+            for old, new in renames.items():
+                if old in holder:
+                    holder[new] = holder.pop(old)
+    result["schema"] = SCHEMA
+    return result
+
+
 def _validate(result: Any, label: str) -> dict:
     if not isinstance(result, dict):
         raise ParityError(f"{label}: a report must be a JSON object, got {type(result).__name__}")
@@ -212,7 +233,7 @@ def load_result(path: str | Path) -> dict:
         data = json.loads(text)
     except ValueError as exc:
         raise ParityError(f"{p}: not valid JSON ({exc})") from None
-    return _decode(_validate(data, str(p)))
+    return _decode(_validate(_upgrade(data), str(p)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -269,8 +290,8 @@ def summary_line(result: dict) -> str:
     fd = result.get("first_divergence")
     if fd:
         line += f"; first divergence: {fd.get('probe')} ({fd.get('mode', '?')})"
-        if fd.get("torch_path") or fd.get("ms_path"):
-            line += f" — torch {fd.get('torch_path') or '?'} / ms {fd.get('ms_path') or '?'}"
+        if fd.get("reference_path") or fd.get("subject_path"):
+            line += f" — reference {fd.get('reference_path') or '?'} / subject {fd.get('subject_path') or '?'}"
     return line
 
 
@@ -286,6 +307,14 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
         meta.append(f"tolerances: {_cell(result['tolerance_file'])} (version {result.get('tolerance_version', '?')})")
     if result.get("baseline_factor") is not None:
         meta.append(f"baseline: max abs may grow at most {format_number(result['baseline_factor'])}×")
+    for side in ("subject", "reference"):
+        who = result.get(side) or {}
+        if who.get("plugin"):
+            origin = f" from {who['source']}" if who.get("source") else ""
+            commit = f" at {who['git_commit']}" if who.get("git_commit") else ""
+            options = ", ".join(f"{k}={v}" for k, v in (who.get("options") or {}).items())
+            meta.append(f"{side}: {_cell(who['plugin'])} ({_cell(who.get('framework', '?'))}){_cell(origin)}"
+                        f"{_cell(commit)}" + (f", options {_cell(options)}" if options else ""))
     versions = result.get("versions") or {}
     if versions:
         meta.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
@@ -323,16 +352,26 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
                        f"{_f(b.get('accumulated_max_abs'))} | {gs} |")
         out.append("")
 
+    skipped = [(p, "not evaluated") for p in result.get("not_evaluated") or []] + \
+        [(p, "not applicable") for p in result.get("not_applicable") or []]
+    if skipped:
+        out += ["Not compared:", ""]
+        out += [f"- {_code(p.get('name', '?'))} {what}{' (' + _cell(p['mode']) + ')' if p.get('mode') else ''}: "
+                f"{_cell(p.get('why', ''))}" for p, what in skipped]
+        out.append("")
+
     failed = [p for p in result.get("probes", []) if not p.get("passed")]
     if failed:
         out += ["## Failures", ""]
         for p in failed:
             out.append(f"### {_code(p.get('name', '?'))} ({_cell(p.get('mode', ''))})")
-            paths = [f"torch `{p['torch_path']}`" if p.get("torch_path") else "",
-                     f"ms `{p['ms_path']}`" if p.get("ms_path") else ""]
+            paths = [f"reference `{p['reference_path']}`" if p.get("reference_path") else "",
+                     f"subject `{p['subject_path']}`" if p.get("subject_path") else ""]
             paths = [x for x in paths if x]
             if paths:
                 out += ["", " / ".join(paths)]
+            if p.get("compared_by"):
+                out += ["", f"compared by {_cell(p['compared_by'])}"]
             if p.get("criterion") == "relative":
                 out += ["", f"relative criterion: subject max abs {_f(p.get('max_abs'))} vs torch low-precision "
                             f"max abs {_f(p.get('lowp_ref_max_abs'))}"]
@@ -602,8 +641,8 @@ def apply_baseline(result: dict, baseline: dict[tuple[str, str], float], factor:
         first = next((p for p in probes if not p.get("passed")), None)
         if first is not None:
             result["first_divergence"] = {"probe": first.get("name"), "mode": first.get("mode"),
-                                          "torch_path": first.get("torch_path", ""),
-                                          "ms_path": first.get("ms_path", "")}
+                                          "reference_path": first.get("reference_path", ""),
+                                          "subject_path": first.get("subject_path", "")}
     return result
 
 

@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from parity.errors import ParityError
+from parity.probemap import MODES, PROBE_CLASSES
 
 DEFAULT_PATH = Path(__file__).with_name("tolerances.json")
 SUPPORTED_VERSIONS = (1,)
-PROBE_CLASSES = ("input", "mask", "embedding", "block", "output")
-MODES = ("isolated", "accumulated")
 _PRECISION_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 __all__ = ["DEFAULT_PATH", "PROBE_CLASSES", "MODES", "RelativeCriterion", "Tolerance", "Profiles",

@@ -19,9 +19,9 @@ import reference_torch.modeling_opensora as R  # noqa: E402
 from ms_impl import harness  # noqa: E402
 from ms_impl.convert import load_into  # noqa: E402
 from ms_impl.precision import numerics_for  # noqa: E402
-from ms_impl.tests.helpers import FAST, FASTER, make_inputs, tiny_config  # noqa: E402
+from ms_impl.tests.helpers import (FAST, FASTER, family_items, is_bf16_valued, make_inputs, subject_run,  # noqa: E402
+                                   tiny_config)
 from parity.adapters import get_adapter  # noqa: E402
-from parity.probemap import load_probe_map  # noqa: E402
 from reference_torch import harness as ref_harness  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -163,7 +163,7 @@ def test_mask_conversion_and_max_pool(inputs, precision):
     cfg = tiny_config(num_layers=1)
     w = ref_harness.random_weights(cfg, 0)
     names = ("attention_mask_converted", "encoder_attention_mask_converted")
-    specs = [s for s in load_probe_map().probes(1) if s.name in names]
+    specs = family_items(1, names)
     got, ref = {}, {}
     harness.capture(harness.build_model(cfg, w, precision), inputs, specs, lambda n, a, d: got.__setitem__(n, a))
     ref_harness.capture(ref_harness.build_model(cfg, w, precision), inputs, specs,
@@ -312,17 +312,17 @@ def test_whole_model_every_probe(case, precision):
     cfg = tiny_config(num_layers=4, sparse1d=sparse, sparse_n=4 if sparse else 1)
     inputs = make_inputs(seed=seed, batch=b, frames=t, height=h, width=w, text_len=length, text_lens=text_lens)
     weights = ref_harness.random_weights(cfg, seed)
-    pm = load_probe_map()
-    specs = pm.probes(4)
-    params = pm.adapter_params(cfg)
+    specs = family_items(4)
+    run = subject_run(cfg)
+    ctx = run.context(inputs)
     ref = _probes(ref_harness.capture, ref_harness.build_model(cfg, weights, precision), inputs, specs)
     got = _probes(harness.capture, harness.build_model(cfg, weights, precision), inputs, specs)
     assert set(got) == set(ref)
-    for spec in specs:
+    for spec in run.probes:
         arr, dtype = got[spec.name]
         r, r_dtype = ref[spec.name]
         assert dtype == r_dtype, spec.name
-        arr = get_adapter(spec.ms_adapter).to_reference(arr, **params)
+        arr = run.to_reference(spec.name, arr, ctx)
         if precision == "fp32":
             assert_twin(arr, r, "fp32", fp32_atol=1e-5, what=spec.name)
         elif precision == "bf16" and spec.probe_class in ("input", "mask"):
@@ -346,20 +346,19 @@ def test_fidelity_fp32_accumulated_and_isolated(case_name):
     cfg = case.config
     inputs = case.make_inputs()
     weights = ref_harness.random_weights(cfg, case.weights_seed)
-    pm = load_probe_map()
-    specs = pm.probes(cfg["num_layers"])
-    params = pm.adapter_params(cfg)
+    specs = family_items(cfg["num_layers"])
     ref = _probes(ref_harness.capture, ref_harness.build_model(cfg, weights, "fp32"), inputs, specs)
     model = harness.build_model(cfg, weights, "fp32")
+    run = subject_run(cfg, model)
+    ctx = run.context(inputs)
     got = _probes(harness.capture, model, inputs, specs)
     out, r = got["hidden_states_output"][0], ref["hidden_states_output"][0]
     cos = float(np.dot(out.ravel().astype(np.float64), r.ravel()) / np.linalg.norm(out) / np.linalg.norm(r))
     assert np.abs(out - r).max() <= 1e-4 and cos >= 0.999999
-    by_name = {s.name: s for s in specs}
     iso = {}
-    harness.run_isolated(model, cfg, lambda n: ref[n][0], inputs, specs, lambda n, a, d: iso.__setitem__(n, a))
-    for name in [s.name for s in specs if s.probe_class in ("block", "output")]:
-        arr = get_adapter(by_name[name].ms_adapter).to_reference(iso[name], **params)
+    run.isolated(inputs, lambda n: ref[n][0], iso.__setitem__)
+    for name in [s.name for s in run.probes if s.probe_class in ("block", "output")]:
+        arr = run.to_reference(name, iso[name], ctx)
         assert np.abs(arr - ref[name][0]).max() <= 2e-6, name
 
 
@@ -373,23 +372,21 @@ def test_fidelity_bf16_emulated_vs_torch_bf16(case_name):
     cfg = case.config
     inputs = case.make_inputs()
     weights = ref_harness.random_weights(cfg, case.weights_seed)
-    pm = load_probe_map()
-    specs = pm.probes(cfg["num_layers"])
-    params = pm.adapter_params(cfg)
+    specs = family_items(cfg["num_layers"])
     ref = _probes(ref_harness.capture, ref_harness.build_model(cfg, weights, "bf16"), inputs, specs)
     model = harness.build_model(cfg, weights, "bf16")
+    run = subject_run(cfg, model)
+    ctx = run.context(inputs)
     assert harness.precision_label("bf16", "CPU") == model.numerics.label == "bf16-emulated"
     got = _probes(harness.capture, model, inputs, specs)
     out, r = got["hidden_states_output"][0].astype(np.float64), ref["hidden_states_output"][0].astype(np.float64)
     assert float(np.dot(out.ravel(), r.ravel()) / np.linalg.norm(out) / np.linalg.norm(r)) >= 0.9999
-    by_name = {s.name: s for s in specs}
     iso = {}
-    harness.run_isolated(model, cfg, lambda n: ref[n][0], inputs, specs, lambda n, a, d: iso.__setitem__(n, (a, d)))
-    for name in [s.name for s in specs if s.probe_class in ("block", "output")]:
-        arr, dtype = iso[name]
-        assert dtype == "bfloat16"
-        assert_twin(get_adapter(by_name[name].ms_adapter).to_reference(arr, **params), ref[name][0], "bf16",
-                    low_ulps=1.0, what=name)
+    run.isolated(inputs, lambda n: ref[n][0], iso.__setitem__)
+    for name in [s.name for s in run.probes if s.probe_class in ("block", "output")]:
+        arr = iso[name]
+        assert is_bf16_valued(arr), name
+        assert_twin(run.to_reference(name, arr, ctx), ref[name][0], "bf16", low_ulps=1.0, what=name)
 
 
 @pytest.mark.parametrize("precise", [False, True], ids=["fp32-sigmoid", "fp64-sigmoid"])

@@ -29,6 +29,17 @@ def probe_names(config) -> list[str]:
     return _names(config.num_layers)
 
 
+def teacher_plan(config, inputs):
+    """Isolated mode: which reference probes feed each block and the output head (``parity.teacher``)."""
+    from .teacher import teacher_plan as _plan
+    return _plan(config, inputs)
+
+
+def adapter_context(config, inputs) -> dict:
+    from .teacher import adapter_context as _context
+    return _context(config, inputs)
+
+
 def builtin_cases():
     from .cases import CASES
     return CASES
