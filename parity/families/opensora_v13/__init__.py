@@ -29,6 +29,12 @@ def probe_names(config) -> list[str]:
     return _names(config.num_layers)
 
 
+def forward_signatures() -> dict:
+    """``{class name: leading positional parameter names of its forward}`` (see ``signatures``)."""
+    from .signatures import FORWARD_SIGNATURES
+    return dict(FORWARD_SIGNATURES)
+
+
 def builtin_cases():
     from .cases import CASES
     return CASES
