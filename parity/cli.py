@@ -196,12 +196,36 @@ def cmd_ingest(args) -> int:
 
     _check_output(args.out, "--out", "dump")
     config = _load_json(args.config, "config")
+    if args.source == "msprobe":
+        return _ingest_msprobe(args, config)
     s = ingest_legacy(args.legacy_dir, out=args.out, config=config, weights_path=args.weights,
                       precision=args.precision, force=args.force, family=args.family, config_source=args.config)
     print(f"found {len(s['found'])} probes: {', '.join(s['found'])}")
     print(f"missing {len(s['missing'])} probes" + (f": {', '.join(s['missing'])}" if s["missing"] else ""))
     if s["ignored"]:
         print(f"ignored {len(s['ignored'])} unknown files: {', '.join(s['ignored'])}")
+    print(f"wrote {s['out']} ({s['precision']})")
+    return EXIT_OK
+
+
+def _ingest_msprobe(args, config: dict) -> int:
+    from parity.ingest.msprobe import ingest_msprobe
+
+    s = ingest_msprobe(args.legacy_dir, out=args.out, config=config, weights_path=args.weights,
+                       precision=args.precision, force=args.force, family=args.family, config_source=args.config,
+                       subject=args.subject, subject_path=args.subject_path, progress=_progress)
+    print(f"msprobe {s['framework']} {s['level']} dump ({s['side']} side, modules under {s['prefix'] or '(root)'!r})")
+    print(f"found {len(s['found'])} probes: {', '.join(s['found'])}")
+    groups: dict = {}
+    for m in s["missing"]:
+        groups.setdefault((m["reason"], m["fix"]), []).append(m["name"])
+    print(f"missing {len(s['missing'])} probes" + (":" if s["missing"] else ""))
+    for (reason, fix), names in groups.items():
+        print(f"  {', '.join(names)}: {reason}; fix: {fix}")
+    if s["unfed"]:
+        print(f"isolated mode cannot feed {len(s['unfed'])} step(s):")
+        for u in s["unfed"]:
+            print(f"  {u.probe}: needs {', '.join(u.needs)}")
     print(f"wrote {s['out']} ({s['precision']})")
     return EXIT_OK
 
@@ -456,14 +480,20 @@ def build_parser() -> argparse.ArgumentParser:
     _plugin_args(s, "reference")
     s.set_defaults(func=cmd_dump)
 
-    s = sub.add_parser("ingest", help="turn a folder of hand-dumped <probe>.npy files into a dump")
-    s.add_argument("legacy_dir")
+    s = sub.add_parser("ingest", help="turn a folder of hand-dumped <probe>.npy files, or an msprobe dump, into a "
+                                      "dump")
+    s.add_argument("legacy_dir", metavar="DIR")
+    s.add_argument("--from", dest="source", choices=("legacy", "msprobe"), default="legacy",
+                   help="legacy: a folder of <probe>.npy; msprobe: an msprobe dump_path (step*/rank*|proc*/dump.json)")
     s.add_argument("--config", required=True)
     s.add_argument("--weights", required=True)
     s.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                    help="precision of the hand dump (default: fp16 if any file is float16, else fp32)")
     s.add_argument("--out", required=True)
     s.add_argument("--force", action="store_true")
+    s.add_argument("--subject", metavar="NAME|module:attr",
+                   help="--from msprobe, a MindSpore dump: the subject plug-in whose overlay maps it (default ms_impl)")
+    s.add_argument("--subject-path", metavar="DIR", help="a checkout holding that plug-in's code")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("convert", help="convert a torch state dict to MindSpore names (strict) or back")

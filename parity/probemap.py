@@ -103,6 +103,7 @@ class Probe:
     block: int | None
     reference: SideView
     subject: SideView
+    template: str = ""          # the family map entry it comes from (e.g. "hidden_states_{i}_block")
 
     @property
     def reference_path(self) -> str:
@@ -175,7 +176,7 @@ class ProbeMap:
             base = SideView(t.path.format(**fmt), t.capture.formatted(**fmt))
             ref_view = _apply(base, reference, t.name, name, fmt, adapters)
             sub_view = _apply(base, subject, t.name, name, fmt, adapters)
-            out.append(Probe(name, t.probe_class, i, ref_view, sub_view))
+            out.append(Probe(name, t.probe_class, i, ref_view, sub_view, t.name))
         return out
 
     def _check_overlay(self, overlay: Overlay, num_layers: int) -> None:

@@ -40,6 +40,12 @@ def adapter_context(config, inputs) -> dict:
     return _context(config, inputs)
 
 
+def forward_signatures() -> dict:
+    """``{class name: leading positional parameter names of its forward}`` (see ``signatures``)."""
+    from .signatures import FORWARD_SIGNATURES
+    return dict(FORWARD_SIGNATURES)
+
+
 def builtin_cases():
     from .cases import CASES
     return CASES
