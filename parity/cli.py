@@ -278,6 +278,9 @@ def cmd_compare(args) -> int:
         if len(set(names)) != len(names):
             raise ParityError(f"{args.report}: several dumps share a directory name ({', '.join(names)}); their "
                               "reports would overwrite each other — compare them in separate runs")
+    if args.against and len(args.dumps) != 1:
+        raise ParityError(f"--against {args.against}: a subject dump belongs to one reference dump; pass exactly that "
+                          f"one ({len(args.dumps)} given)")
     if args.baseline:
         _require_file(args.baseline, "baseline report", dir_ok=True)
     if args.tolerances:
@@ -290,7 +293,7 @@ def cmd_compare(args) -> int:
     for path in args.dumps:
         opts = CompareOptions(modes=modes, device=args.device, precision=args.precision, probes=args.probes,
                               tolerance_file=args.tolerances, subject=args.subject, subject_path=args.subject_path,
-                              subject_options=args.subject_option,
+                              subject_options=args.subject_option, against=args.against,
                               progress=not args.no_progress and _stderr_is_tty())
         result = compare_dump(path, opts)
         if baseline is not None:
@@ -309,6 +312,21 @@ def cmd_compare(args) -> int:
             _hinted(write_summary, hint, results, args.report)
         print(f"report written to {args.report}")
     return EXIT_OK if all(r["passed"] for r in results) else EXIT_PARITY_FAILURE
+
+
+def cmd_run_subject(args) -> int:
+    from parity.compare import CompareOptions
+    from parity.subject_dump import record_subject
+
+    _check_output(args.out, "--out", "dump")
+    modes = ("isolated", "accumulated") if args.mode == "both" else (args.mode,)
+    opts = CompareOptions(modes=modes, device=args.device, probes=args.probes, subject=args.subject,
+                          subject_path=args.subject_path, subject_options=args.subject_option, progress=False)
+    s = record_subject(args.reference_dump, args.out, opts, force=args.force)
+    print(f"wrote {s['out']} (subject {s['subject']}, {s['precision']}, {s['device']}, {' + '.join(s['modes'])}; "
+          f"{s['not_applicable']} probe(s) not applicable, {s['not_evaluated']} not evaluated); judge it anywhere "
+          f"with: parity compare {args.reference_dump} --against {s['out']}")
+    return EXIT_OK
 
 
 def _num(x) -> str:
@@ -520,7 +538,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tolerances", metavar="FILE", help="tolerance profile file (default: parity/tolerances.json)")
     s.add_argument("--verbose", action="store_true", help="print the message of every failing probe")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--against", metavar="SUBJECT_DUMP",
+                   help="judge a subject dump made by 'parity run-subject' (no subject is run; no framework needed)")
     s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("run-subject", help="run the subject on a reference dump's inputs and write its probes as a "
+                                           "subject dump (to compare elsewhere with 'parity compare --against')")
+    s.add_argument("reference_dump", metavar="REF_DUMP")
+    s.add_argument("--out", required=True, help="subject dump directory to create")
+    s.add_argument("--mode", choices=MODE_CHOICES, default="both")
+    s.add_argument("--device", choices=("CPU", "GPU", "Ascend"), default="CPU")
+    s.add_argument("--probes", nargs="+", metavar="GLOB", help="only probes matching these globs")
+    s.add_argument("--force", action="store_true", help="replace an existing subject dump")
+    _plugin_args(s, "subject")
+    s.set_defaults(func=cmd_run_subject)
 
     s = sub.add_parser("report", help="re-render parity.md / parity.png from parity.json")
     s.add_argument("report_dir")
@@ -535,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("dump", "compare"):  # the commands that run models, possibly at real sizes
+    if args.command in ("dump", "compare", "run-subject"):  # the commands that run models, possibly at real sizes
         return_large_blocks_to_os()
     try:
         return args.func(args)

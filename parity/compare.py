@@ -33,6 +33,7 @@ from parity.errors import ParityError, ReferenceProblem
 from parity.families import get_family
 from parity.metrics import compute_metrics
 from parity.plugins import load_plugin, parse_options
+from parity.plugins.contract import StepNotRun
 from parity.probemap import MODES, Probe, capture_items
 from parity.progress import Progress
 from parity.runner import ModelRun, capture_run
@@ -57,6 +58,7 @@ class CompareOptions:
     subject_path: str | None = None       # a checkout holding the subject's code (--subject-path)
     subject_options: list | dict | None = None   # KEY=VALUE strings (CLI) or a dict
     subject_patch: Callable[[Any], Any] | None = None   # model -> context manager (deliberately wrong variants)
+    against: str | None = None            # a subject dump (parity run-subject) to judge instead of running a subject
     progress: bool = True
     verify_checksums: bool = True
     extra: dict = field(default_factory=dict)
@@ -69,8 +71,15 @@ def _finite_or_none(x):
     return x if np.isfinite(x) else None
 
 
-def resolve_subject(opts: CompareOptions):
-    """The subject plug-in and its checked options."""
+def resolve_subject(opts: CompareOptions, reference_path: str | None = None):
+    """The subject plug-in and its checked options (with ``against``: the recorded subject of that dump)."""
+    if opts.against is not None:
+        from parity.subject_dump import RecordedSubject
+
+        if opts.subject is not None or opts.subject_options:
+            raise ParityError(f"--against {opts.against}: the subject was recorded there; drop --subject and "
+                              f"--subject-option")
+        return RecordedSubject(opts.against, reference_path, verify=opts.verify_checksums), {}
     plugin = opts.subject if opts.subject is not None and not isinstance(opts.subject, str) else \
         load_plugin(opts.subject, "subject", opts.subject_path)
     if isinstance(opts.subject_options, dict):
@@ -273,9 +282,18 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
         raise ParityError(f"{dump_path}: dump precision is {dump.precision} but --precision {opts.precision} was "
                           f"asked; compare it at {dump.precision} or pick a {opts.precision} dump")
     _config_mismatch(dump)
+    if dump.manifest.get("extra", {}).get("side") == "subject":
+        raise ParityError(f"{dump_path}: is a subject dump (parity run-subject); compare the reference dump it was made "
+                          f"from with --against {dump_path}")
     fam = get_family(dump.family)
     cfg = fam.parse_config(dump.config, source=os.path.join(dump_path, "config.json"))
-    plugin, plugin_options = resolve_subject(opts)
+    plugin, plugin_options = resolve_subject(opts, dump_path)
+    if opts.against is not None:
+        missing = [m for m in opts.modes if m not in plugin.modes]
+        if missing:
+            raise ParityError(f"{opts.against}: the subject dump was made with --mode {' '.join(plugin.modes)}, not "
+                              f"{' '.join(missing)}; compare with --mode {' '.join(plugin.modes)} or record it again")
+        opts = replace(opts, device=plugin.device)
     run = ModelRun(plugin, dump.family, cfg)
     getattr(plugin, "check_device", lambda _d: None)(opts.device)
     probes = _select(run.probes, dump, dump_path, opts.probes)
@@ -350,7 +368,7 @@ def run_isolated(plugin, model, family: str, inputs: dict, probes: list[Probe], 
     plain = [p for p in probes if p.name not in plan]
     items = capture_items(plain, "subject")
     if items:
-        capture_run(plugin, model, family, inputs, items, lambda n, a, _dt=None: on_probe(n, a))
+        capture_run(plugin, model, family, inputs, items, lambda n, a, _dt=None: on_probe(n, a), mode="isolated")
     steps = [plan[p.name] for p in probes if p.name in plan]
     run_step = getattr(plugin, "run_step", None)
     if steps and run_step is None:
@@ -372,7 +390,12 @@ def run_isolated(plugin, model, family: str, inputs: dict, probes: list[Probe], 
             arr = np.asarray(reference(source), dtype=np.float32)
             adapter = get_adapter(view.adapter if view.compare == "values" else "identity", adapters)
             teacher[role] = np.ascontiguousarray(adapter.from_reference(arr, **context), dtype=np.float32)
-        on_probe(step.probe, run_step(model, step, teacher))
+        try:
+            out = run_step(model, step, teacher)
+        except StepNotRun as exc:
+            skipped.append({"name": step.probe, "mode": "isolated", "why": str(exc)})
+            continue
+        on_probe(step.probe, out)
     return skipped
 
 

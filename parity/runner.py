@@ -37,13 +37,14 @@ def plugin_overlay(plugin, family: str, config: dict):
     return parse_overlay(raw, f"overlay of plug-in {plugin.name}", family)
 
 
-def capture_run(plugin, model: Any, family: str, inputs: dict, items: list, on_probe: OnProbe) -> Any:
+def capture_run(plugin, model: Any, family: str, inputs: dict, items: list, on_probe: OnProbe,
+                mode: str = "accumulated") -> Any:
     """``plugin.forward(model, family, inputs)`` with every ``items`` probe (``parity.probemap.CaptureItem``s)
     reported to ``on_probe(name, array, dtype_name)``; returns the forward's output. A plug-in with a ``capture``
-    method of its own (e.g. one that replays recorded probes) is asked to do it itself."""
+    method of its own (e.g. one that replays recorded probes) is asked to do it itself, told the ``mode``."""
     custom = getattr(plugin, "capture", None)
     if custom is not None:
-        return custom(model, family, inputs, items, on_probe)
+        return custom(model, family, inputs, items, on_probe, mode=mode)
     namer = getattr(plugin, "dtype_namer", None)
     hooks = capture_class(plugin.framework)(plugin.capture_root(model), items, on_probe,
                                             dtype_name=namer(model) if namer is not None else None)

@@ -8,6 +8,11 @@ Layout::
     DIR/inputs/<name>.npy      role "input"
     DIR/states/<probe>.npy     role "state" (reference at the dump's precision)
     DIR/states_fp32/<probe>.npy role "state_fp32" (bf16/fp16 dumps only: same model run in fp32)
+    DIR/states_isolated/<probe>.npy role "state_isolated" (subject dumps only: the subject's isolated-mode probes;
+                               its accumulated-mode probes are the "state" role)
+
+A *subject dump* (``parity run-subject``, ``extra.side == "subject"``) holds a subject's probes in the reference
+layout, made on the reference dump's inputs; ``parity compare REF --against SUBJECT_DUMP`` judges it offline.
 
 bf16 arrays are stored as uint16 bit patterns with manifest dtype "bfloat16"; loaders upcast exactly to
 float32. Writers build the dump in a hidden sibling temp directory and rename it into place.
@@ -45,7 +50,7 @@ from parity.errors import ParityError
 SCHEMA = "opensora-parity/dump"
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
-ROLE_DIRS = {"input": "inputs", "state": "states", "state_fp32": "states_fp32"}
+ROLE_DIRS = {"input": "inputs", "state": "states", "state_fp32": "states_fp32", "state_isolated": "states_isolated"}
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
@@ -353,14 +358,15 @@ def _check_fields(man: dict, mpath: str, problems: list) -> tuple[dict, dict | N
             _check_stats(man, probe_list if isinstance(probes, list) else [], good, bad)
         return good, weights
 
-    states = {e["name"] for e in good.values() if e["role"] == "state"}
     if isinstance(probes, list) and isinstance(files, dict):
         for p in probe_list:
-            if f"states/{p}.npy" in files:
+            if f"states/{p}.npy" in files or f"states_isolated/{p}.npy" in files:
                 continue
             bad(f"probe {p!r} is listed in 'probes' but has no states/{p}.npy entry in 'files'")
-        for n in sorted(states - set(probe_list)):
-            bad(f"states/{n}.npy is in 'files' but probe {n!r} is missing from 'probes'")
+        for e in sorted(good.values(), key=lambda e: e["name"]):
+            if e["role"] in ("state", "state_isolated") and e["name"] not in probe_list:
+                bad(f"{ROLE_DIRS[e['role']]}/{e['name']}.npy is in 'files' but probe {e['name']!r} is missing from "
+                    f"'probes'")
         for e in good.values():
             if e["role"] == "state_fp32" and e["name"] not in probe_list:
                 bad(f"states_fp32/{e['name']}.npy has no matching probe in 'probes'")
@@ -883,10 +889,11 @@ class DumpWriter:
         self._add("input", name, array, dtype)
 
     def add_state(self, probe: str, array, dtype: str | None = None, role: str = "state") -> None:
-        """Add a probe state; role "state" or "state_fp32" (fp32 shadow, bf16/fp16 dumps only).
-        dtype "bfloat16" rounds a float array to bf16 (RNE) for storage."""
-        if role not in ("state", "state_fp32"):
-            raise ParityError(f"{self._shown}: unknown state role {role!r}; use 'state' or 'state_fp32'")
+        """Add a probe state; role "state", "state_fp32" (fp32 shadow, bf16/fp16 dumps only) or "state_isolated"
+        (subject dumps: isolated-mode probes). dtype "bfloat16" rounds a float array to bf16 (RNE) for storage."""
+        if role not in ("state", "state_fp32", "state_isolated"):
+            raise ParityError(f"{self._shown}: unknown state role {role!r}; use 'state', 'state_fp32' or "
+                              f"'state_isolated'")
         if role == "state_fp32" and self.precision == "fp32":
             raise ParityError(f"{self._shown}: state_fp32 {probe!r} given for an fp32 dump; fp32 shadow states "
                               "are only for bf16/fp16 dumps")
@@ -930,7 +937,7 @@ class DumpWriter:
                 os.fsync(f.fileno())
         self._files[rel] = {"role": role, "name": name, "shape": list(data.shape), "dtype": dname,
                             "sha256": h.hexdigest(), "bytes": len(head) + data.nbytes}
-        if role == "state":
+        if role in ("state", "state_isolated") and name not in self._probes:
             self._probes.append(name)
 
     def set_weights_file(self, src_path, copy: bool = True) -> None:

@@ -26,6 +26,11 @@ import numpy as np
 from parity.teacher import TeacherStep
 
 SIDES = ("reference", "subject")
+
+
+class StepNotRun(Exception):
+    """Raised by a plug-in's ``run_step`` when it cannot run a step (the message says why): the step's probe is
+    reported as not evaluated in isolated mode, with that reason, instead of failing the run."""
 FRAMEWORKS = ("torch", "mindspore")
 
 
@@ -106,8 +111,10 @@ class SubjectPlugin(ModelPlugin, Protocol):
 #   dtype_namer(model) -> Callable[[tensor], str]        dtype names for captured values (e.g. emulated bf16)
 #   check_device(device) -> None                         refuse a device that is not there, one ParityError line
 #   convert_weights(tensors, family, config, to) -> dict  `parity convert` (to: "subject" | "reference")
-#   capture(model, family, inputs, items, on_probe)      capture by other means than the framework's module hooks
-#                                                        (e.g. replaying recorded probes); items: CaptureItems
+#   capture(model, family, inputs, items, on_probe, mode)  capture by other means than the framework's module hooks
+#                                                        (e.g. replaying recorded probes); items: CaptureItems;
+#                                                        mode: "accumulated", or "isolated" for isolated mode's
+#                                                        plain probes (inputs, masks, embeddings)
 OPTIONAL_HOOKS = ("adapters", "dtype_namer", "check_device", "convert_weights", "capture", "run_step",
                   "random_weights", "session")
 

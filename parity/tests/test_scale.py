@@ -355,7 +355,7 @@ class _FakeSubject:
     def precision_label(self, precision, device):
         return precision
 
-    def capture(self, dump, family, inputs, items, on_probe):
+    def capture(self, dump, family, inputs, items, on_probe, mode):
         rng = np.random.default_rng(0)
         for item in items:
             x = np.array(dump.state(item.name))
