@@ -352,6 +352,7 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     result["not_applicable"] = not_applicable
     if dump.stats_only:
         result["comparison"] = "stats-only"
+    notes += _missing_reference_notes(dump)
     if notes:
         result["notes"] = notes
     return result
@@ -376,10 +377,11 @@ def run_isolated(plugin, model, family: str, inputs: dict, probes: list[Probe], 
                  f"(isolated mode needs it)"} for s in steps]
     skipped = []
     for step in steps:
-        missing = [p for p in step.inputs.values() if p not in present]
+        missing = list(dict.fromkeys(p for p in step.inputs.values() if p not in present))
         if missing:
-            skipped.append({"name": step.probe, "mode": "isolated",
-                            "why": f"its teacher input {', '.join(missing)} is not in the reference dump"})
+            what = (f"its teacher input {missing[0]} is" if len(missing) == 1
+                    else f"its teacher inputs {', '.join(missing)} are")
+            skipped.append({"name": step.probe, "mode": "isolated", "why": f"{what} not in the reference dump"})
             continue
         teacher = {}
         for role, source in step.inputs.items():
@@ -397,6 +399,17 @@ def run_isolated(plugin, model, family: str, inputs: dict, probes: list[Probe], 
             continue
         on_probe(step.probe, out)
     return skipped
+
+
+def _missing_reference_notes(dump) -> list[str]:
+    """A dump ingested from another tool's format (msprobe) says which probes it could not provide and how to get
+    them; the report repeats it, grouped by fix."""
+    groups: dict = {}
+    for m in dump.manifest.get("extra", {}).get("missing_reasons") or []:
+        if isinstance(m, dict) and isinstance(m.get("name"), str):
+            groups.setdefault((str(m.get("reason", "")), str(m.get("fix", ""))), []).append(m["name"])
+    return [f"the reference dump lacks {', '.join(names)}: {reason}; to get {'it' if len(names) == 1 else 'them'}: "
+            f"{fix}" for (reason, fix), names in groups.items()]
 
 
 def _check_reference_finite(dump, probes, modes) -> None:
