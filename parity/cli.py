@@ -144,44 +144,44 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_cases(args) -> int:
-    from parity.families import get_family
+    from parity.families import FAMILIES, get_family
 
-    fam = get_family(args.family)
-    print(f"{'case':<14} {'layers':>6} {'D':>4}  description")
-    for case in fam.builtin_cases().values():
-        cfg = fam.parse_config(case.config)
-        marker = " (default)" if case.name == fam.default_case_name() else ""
-        print(f"{case.name:<14} {cfg.num_layers:>6} {cfg.hidden_size:>4}  {case.description}{marker}")
+    print(f"{'case':<16} {'family':<14} {'layers':>6} {'D':>5}  description")
+    for name in [args.family] if args.family else FAMILIES:
+        fam = get_family(name)
+        for case in fam.builtin_cases().values():
+            cfg = fam.parse_config(case.config)
+            marker = " (default)" if case.name == fam.default_case_name() else ""
+            print(f"{case.name:<16} {name:<14} {fam.num_layers(cfg):>6} {cfg.hidden_size:>5}  "
+                  f"{case.description}{marker}")
     return EXIT_OK
 
 
 def cmd_dump(args) -> int:
     from parity.dumping import dump_reference
-    from parity.families import get_family
+    from parity.families import family_for_config, family_of_case, get_family
     from parity.inputs_io import load_tensor_file
 
-    fam = get_family(args.family)
     _check_output(args.out, "--out", "dump")
     if args.case:
         if args.config or args.inputs or args.weights:
             raise ParityError("--case builds config, weights and inputs itself; drop --config/--weights/--inputs")
-        case = fam.builtin_cases().get(args.case)
-        if case is None:
-            raise ParityError(f"unknown case {args.case!r}; pick one of: {', '.join(fam.builtin_cases())} "
-                              "(see 'parity cases')")
+        family = family_of_case(args.case, args.family)
+        case = get_family(family).builtin_cases()[args.case]
         seed = case.weights_seed if args.seed is None else args.seed
         summary = dump_reference(out=args.out, config=case.config, inputs=case.make_inputs(), seed=seed,
                                  precision=args.precision, case=case.name, inputs_seed=case.inputs_seed,
-                                 force=args.force, family=args.family, progress=_progress, threads=args.threads,
+                                 force=args.force, family=family, progress=_progress, threads=args.threads,
                                  stats_only=args.stats_only, **_reference_args(args))
     else:
         if not (args.config and args.inputs) or (args.weights is None) == (args.seed is None):
             raise ParityError("pass --case NAME, or --config C.json --inputs IN and exactly one of "
                               "--weights W.safetensors / --seed N")
         config = _load_json(args.config, "config")
+        family = family_for_config(config, args.family, args.config)
         inputs = load_tensor_file(args.inputs, "inputs")
         summary = dump_reference(out=args.out, config=config, inputs=inputs, weights_path=args.weights,
-                                 seed=args.seed, precision=args.precision, force=args.force, family=args.family,
+                                 seed=args.seed, precision=args.precision, force=args.force, family=family,
                                  config_source=args.config, inputs_source=args.inputs, progress=_progress,
                                  threads=args.threads, stats_only=args.stats_only, **_reference_args(args))
     if summary["nonfinite"]:
@@ -194,8 +194,11 @@ def cmd_dump(args) -> int:
 def cmd_ingest(args) -> int:
     from parity.dumping import ingest_legacy
 
+    from parity.families import family_for_config
+
     _check_output(args.out, "--out", "dump")
     config = _load_json(args.config, "config")
+    args.family = family_for_config(config, args.family, args.config)
     if args.source == "msprobe":
         return _ingest_msprobe(args, config)
     s = ingest_legacy(args.legacy_dir, out=args.out, config=config, weights_path=args.weights,
@@ -471,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="parity", description="PyTorch -> MindSpore numerical parity harness for video diffusion "
                                 "transformers (reference and subject are plug-ins).")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    p.add_argument("--family", default="opensora_v13", help=argparse.SUPPRESS)
+    p.add_argument("--family", default=None, help="the model family (default: from the dump, the case or the config; "
+                   "'parity cases' lists them)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("cases", help="list the built-in cases")

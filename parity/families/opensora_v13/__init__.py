@@ -3,6 +3,14 @@
 from .config import OpenSoraConfig, load_config  # noqa: F401
 
 NAME = "opensora_v13"
+CLASS_NAMES = ("OpenSoraT2V_v1_3", "OpenSoraT2V_v1_3-2B/122")
+
+
+def recognizes(config: dict) -> bool:
+    """An upstream ``config.json`` of this model: its ``_class_name``, else the Skiparse keys only v1.3 has."""
+    if "_class_name" in config:
+        return config["_class_name"] in CLASS_NAMES
+    return "sparse1d" in config and "caption_channels" in config
 
 
 def parse_config(data, source="config"):
