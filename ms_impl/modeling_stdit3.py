@@ -307,7 +307,8 @@ class PatchEmbed3D(Cell):
 
     def _construct_as_matmul(self, x):
         """The stride = kernel convolution as one matmul over non-overlapping patches flattened channels-last
-        ``(pt, ph, pw, c)``: the order in which torch's CPU Conv3d reduces (bit-identical in fp32)."""
+        ``(pt, ph, pw, c)`` (MindSpore's CPU Conv3d is slow; this order matches torch's CPU Conv3d to float32
+        rounding, bit for bit at some sizes)."""
         b, c, d, h, w = x.shape
         pt, ph, pw = self.patch_size
         nt, nh, nw = d // pt, h // ph, w // pw
@@ -394,11 +395,17 @@ class CaptionEmbedder(Cell):
         return self.y_proj(caption)
 
 
+def inverse_powers(base: float, exponent: np.ndarray) -> np.ndarray:
+    """``1.0 / (base ** exponent)`` for a float32 exponent as torch computes it: the power rounded once to float32
+    (torch's float32 pow is within an ULP of that; numpy's float32 pow is not), then a float32 reciprocal."""
+    power = np.power(np.float64(base), np.asarray(exponent, np.float32).astype(np.float64)).astype(np.float32)
+    return (np.float32(1.0) / power).astype(np.float32)
+
+
 def pos_embed_inv_freq(dim: int) -> np.ndarray:
-    """``1 / 10000 ** (arange(0, dim/2, 2).float() / (dim/2))`` in float32 steps (the non-persistent buffer)."""
+    """``1 / 10000 ** (arange(0, dim/2, 2).float() / (dim/2))`` (the non-persistent buffer ``inv_freq``)."""
     half_dim = dim // 2
-    exponent = (np.arange(0, half_dim, 2, dtype=np.float32) / np.float32(half_dim)).astype(np.float32)
-    return (np.float32(1.0) / np.power(np.float32(POS_EMBED_BASE), exponent)).astype(np.float32)
+    return inverse_powers(POS_EMBED_BASE, np.arange(0, half_dim, 2, dtype=np.float32) / np.float32(half_dim))
 
 
 class PositionEmbedding2D(Cell):
@@ -451,8 +458,7 @@ class RotaryEmbedding(Cell):
 
     def __init__(self, dim, theta=ROPE_THETA):
         super().__init__()
-        exponent = (np.arange(0, dim, 2, dtype=np.float32)[: dim // 2] / np.float32(dim)).astype(np.float32)
-        freqs = (np.float32(1.0) / np.power(np.float32(theta), exponent)).astype(np.float32)
+        freqs = inverse_powers(theta, np.arange(0, dim, 2, dtype=np.float32)[: dim // 2] / np.float32(dim))
         self.freqs = Parameter(Tensor(freqs), requires_grad=False)
         self.default_seq_dim = -2
 
@@ -499,11 +505,14 @@ class Attention(Cell):
         self.rope = rope is not None
         self.rotary_emb = rope
 
-    def construct(self, x):
+    def construct(self, x, qkv_unfused=False):
+        """``qkv_unfused``: torch's ``x`` is a non-contiguous view (see ``STDiT3Block``), so its qkv Linear rounds
+        the matmul and the bias add separately."""
         r = self.numerics
         B, N, C = x.shape
         enable_flash_attn = self.enable_flash_attn and (N > B)   # upstream's switch
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        qkv = self.qkv.unfused(x) if qkv_unfused else self.qkv(x)
+        qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]                            # (B, heads, N, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -546,9 +555,10 @@ class MultiHeadCrossAttention(Cell):
         r = self.numerics
         B, N, C = x.shape
         # Upstream's residual stream keeps the channel-first memory layout of the patch embedding's
-        # ``flatten(2).transpose(1, 2)`` through every residual add, so torch's F.linear on it is a matmul and a
-        # separate bias add (two roundings in bf16/fp16): q_linear is the one Linear that reads the stream.
-        q = self.q_linear.unfused(x)                                   # (B, N, C)
+        # ``flatten(2).transpose(1, 2)`` through every residual add; for N > 1 tokens it is not contiguous, and
+        # torch's F.linear on it is a matmul and a separate bias add (two roundings in bf16/fp16). q_linear is the
+        # one Linear that reads the stream.
+        q = self.q_linear.unfused(x) if N > 1 else self.q_linear(x)   # (B, N, C)
         kv = self.kv_linear(cond).reshape(1, -1, 2, C)
         k, v = kv[:, :, 0], kv[:, :, 1]                                # (1, Σy_lens, C)
         lens = as_lengths(mask)
@@ -654,7 +664,9 @@ class STDiT3Block(Cell):
         # attention: B (T S) C -> (B S) T C (temporal) or (B T) S C (spatial), and back
         if self.temporal:
             x_m = x_m.reshape(B, T, S, C).transpose(0, 2, 1, 3).reshape(B * S, T, C)
-            x_m = self.attn(x_m)
+            # for B = 1 torch's rearrange to (B S) T C is a non-contiguous view when T, S > 1 (a contiguous copy
+            # otherwise), and F.linear on it rounds the matmul and the bias add separately
+            x_m = self.attn(x_m, qkv_unfused=B == 1 and T > 1 and S > 1)
             x_m = x_m.reshape(B, S, T, C).transpose(0, 2, 1, 3).reshape(B, T * S, C)
         else:
             x_m = self.attn(x_m.reshape(B * T, S, C)).reshape(B, T * S, C)

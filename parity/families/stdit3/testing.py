@@ -17,9 +17,11 @@ ROPE_THETA = 10000.0
 
 
 def rope_freqs(head_dim: int, theta: float = ROPE_THETA) -> np.ndarray:
-    """``1 / theta ** (arange(0, dim, 2).float() / dim)`` in float32 steps, as rotary_embedding_torch builds it."""
+    """``1 / theta ** (arange(0, dim, 2).float() / dim)`` as rotary_embedding_torch builds it: the float32 exponent,
+    the power rounded once to float32 (torch's float32 pow is within an ULP of that), a float32 reciprocal."""
     exponent = (np.arange(0, head_dim, 2, dtype=np.float32)[: head_dim // 2] / np.float32(head_dim)).astype(np.float32)
-    return (np.float32(1.0) / np.power(np.float32(theta), exponent)).astype(np.float32)
+    power = np.power(np.float64(theta), exponent.astype(np.float64)).astype(np.float32)
+    return (np.float32(1.0) / power).astype(np.float32)
 
 
 def random_weights(config: STDiT3Config, seed: int) -> dict[str, np.ndarray]:
