@@ -72,6 +72,11 @@ class STDiT3Config:
 
     # ---- derived sizes ---------------------------------------------------------------------------------
     @property
+    def num_layers(self) -> int:
+        """Block index range of the probe names (one spatial and one temporal block each): ``depth``."""
+        return self.depth
+
+    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
