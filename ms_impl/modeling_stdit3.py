@@ -2,10 +2,10 @@
 
 Classes, attributes, methods and parameter names are upstream's (hpcaitech/Open-Sora v1.2.0,
 ``opensora/models/stdit/stdit3.py`` and ``opensora/models/layers/blocks.py``), so ``parameters_and_names()`` equals
-torch's ``state_dict()`` keys with the same shapes and an upstream checkpoint loads by name. Two state-dict entries
-that torch holds differently are Parameters here (MindSpore has no buffers), under upstream's names:
-``y_embedder.y_embedding`` (a persistent buffer upstream) and ``rope.freqs`` (a Parameter upstream too). mindone's
-renames (RMSNorm ``gamma``) are not followed: a mindone checkpoint needs a strict conversion map.
+torch's ``state_dict()`` keys with the same shapes and an upstream checkpoint loads by name: ``rope.freqs`` is a
+Parameter on both sides, ``y_embedder.y_embedding`` a persistent buffer upstream and a Parameter without gradient
+here (MindSpore has no buffers), same key. mindone's renames (RMSNorm ``gamma``) are not followed: a mindone
+checkpoint needs a strict conversion map.
 
 Layouts are upstream's throughout (tokens (B, T·S, C); packed text (1, Σy_lens, C) with ``y_lens`` a list), so
 every probe compares without an adapter. Blocks and the final layer are callable on their own with explicit
@@ -24,12 +24,18 @@ Attention. Upstream has two self-attention paths and one cross-attention path, a
 Numerics: ``numerics(x)`` (``ms_impl.precision``) marks every point where PyTorch's model materialises a tensor in
 the activation dtype; it is the identity for fp32/fp16 and rounds to bf16 under ``bf16-emulated``. On CPU the
 matmuls (Linear, Conv3d as a matmul, attention) accumulate in float32 and round once to the activation dtype, as
-torch's CPU kernels do. Host-side tables (numpy), because MindSpore's CPU fp32 ``exp``/``sin`` are several ULP off
+torch's CPU kernels do, and fp16 activations (SiLU, GELU) are computed in float32. Where torch's input to a Linear
+is a non-contiguous view, ``F.linear`` rounds the matmul and the bias add separately, and so does the port
+(``Linear.unfused``): upstream's residual stream into ``cross_attn.q_linear`` (it keeps the patch embedding's
+transposed layout) and, for B = 1, the temporal rearrange into ``attn.qkv``. Host-side tables (numpy), because MindSpore's CPU fp32 ``exp``/``sin`` are several ULP off
 torch's (~1e-3 in a sinusoid at t=999): the timestep/fps sinusoid (upstream's float32 chain, cos/sin in float64
 rounded once), the 2D position embedding (float32 grid as torch forms it, ``inv_freq`` rounded to the model dtype
 as ``model.to(dtype)`` rounds the buffer, sin/cos in float64) and the RoPE angles (positions in the activation
 dtype times ``rope.freqs`` as loaded, rounded to the activation dtype as upstream's bf16 model does, cos/sin in
-float64 rounded to the activation dtype).
+float64 rounded to the activation dtype). torch's own float32 ``exp`` is an ULP off in a few timestep frequencies,
+which leaves ~|t|·1e-7 rad in the sinusoid (~2e-6 in t_embedding at t = 900, fp32).
+
+Memory: no token streaming or chunking here yet; attention holds (B·heads, N, N) scores at once.
 """
 
 from __future__ import annotations
