@@ -462,18 +462,20 @@ def first_divergence(probes: list[dict]) -> dict | None:
 
 
 def block_table(probes: list[dict]) -> list[dict]:
-    blocks: dict[int, dict] = {}
+    """One row per block probe (per block index, and per kind where a block index has several, e.g. STDiT3's
+    spatial and temporal blocks), in the order given: isolated and accumulated max |Δ| and their ratio."""
+    rows: dict[str, dict] = {}
     for p in probes:
         if p.get("block") is None:
             continue
-        row = blocks.setdefault(p["block"], {"block": p["block"], "isolated_max_abs": None, "accumulated_max_abs": None,
-                                             "growth": None})
+        row = rows.setdefault(p["name"], {"block": p["block"], "probe": p["name"], "isolated_max_abs": None,
+                                          "accumulated_max_abs": None, "growth": None})
         row[f"{p['mode']}_max_abs"] = p["max_abs"]
-    for row in blocks.values():
+    for row in rows.values():
         iso, acc = row["isolated_max_abs"], row["accumulated_max_abs"]
         if iso is not None and acc is not None:
             row["growth"] = acc / iso if iso > 0 else (None if acc > 0 else 1.0)
-    return [blocks[k] for k in sorted(blocks)]
+    return sorted(rows.values(), key=lambda r: r["block"])
 
 
 def _assemble(dump, dump_path, opts, plugin, plugin_options, probes, duration, profiles) -> dict:

@@ -155,12 +155,21 @@ class ProbeMap:
         return [name for name, _ in self._expanded(num_layers)]
 
     def _expanded(self, num_layers: int):
-        for t in self.templates:
-            if "{i}" in t.name:
-                for i in range(num_layers):
+        """Concrete names in data-flow order. Adjacent ``{i}`` templates expand together, block by block
+        (``spatial_0, temporal_0, spatial_1, ...``): block i's probes all come before block i+1's."""
+        k, ts = 0, self.templates
+        while k < len(ts):
+            if "{i}" not in ts[k].name:
+                yield ts[k].name, (ts[k], None)
+                k += 1
+                continue
+            run = [ts[k]]
+            while k + len(run) < len(ts) and "{i}" in ts[k + len(run)].name:
+                run.append(ts[k + len(run)])
+            for i in range(num_layers):
+                for t in run:
                     yield t.name.format(i=i), (t, i)
-            else:
-                yield t.name, (t, None)
+            k += len(run)
 
     def resolve(self, num_layers: int, subject: Overlay | None = None, reference: Overlay | None = None,
                 adapters: Mapping | None = None) -> list[Probe]:

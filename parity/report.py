@@ -35,7 +35,7 @@ Top level::
         baseline_regressed (bool) set by apply_baseline
     not_evaluated      list    {"name", "mode", "why"}: isolated-mode probes that could not be fed
     not_applicable     list    {"name", "why"}: probes the subject does not produce (its overlay says why)
-    blocks             list    {"block": int, "isolated_max_abs": number|null,
+    blocks             list    {"block": int, "probe": str, "isolated_max_abs": number|null,
                                 "accumulated_max_abs": number|null, "growth": number|null}
                                (growth = accumulated / isolated)
 
@@ -348,7 +348,9 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
         for b in blocks:
             g = b.get("growth")
             gs = "—" if g is None else f"{format_number(_num(g))}×"
-            out.append(f"| {b.get('block')} | {_f(b.get('isolated_max_abs'))} | "
+            label = b.get("block") if len(blocks) == len({x.get("block") for x in blocks}) else \
+                f"{b.get('block')} ({_code(b.get('probe', '?'))})"
+            out.append(f"| {label} | {_f(b.get('isolated_max_abs'))} | "
                        f"{_f(b.get('accumulated_max_abs'))} | {gs} |")
         out.append("")
 
@@ -385,6 +387,20 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # PNG
 
+def _block_positions(rows: list) -> list[tuple[float, dict]]:
+    """x position of each block row: its block index, spread within the index when a block index has several
+    kinds of block (STDiT3: spatial at i, temporal at i + 0.5)."""
+    rows = [b for b in rows if _is_int(b.get("block"))]
+    per_block: dict[int, list] = {}
+    for b in rows:
+        per_block.setdefault(int(b["block"]), []).append(b)
+    kinds = max((len(v) for v in per_block.values()), default=1)
+    out = []
+    for i in sorted(per_block):
+        out += [(i + k / kinds, b) for k, b in enumerate(per_block[i])]
+    return out
+
+
 def render_png(result: dict, path: str | Path) -> Path:
     """Per-block max |Δ| (isolated vs accumulated) on a log scale, with the block tolerance lines."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -400,16 +416,15 @@ def render_png(result: dict, path: str | Path) -> Path:
     title += f" ({result.get('device') or '?'}) — {'PASS' if result.get('passed') else 'FAIL'}"
     ax.set_title(title, fontsize=10)
 
-    blocks = sorted((b for b in result.get("blocks") or [] if _is_int(b.get("block"))),
-                    key=lambda b: int(b["block"]))
+    blocks = _block_positions(result.get("blocks") or [])
     series = {}
     for mode in ("isolated", "accumulated"):
         pts = []
-        for b in blocks:
+        for x, b in blocks:
             v = b.get(f"{mode}_max_abs")
             v = None if v is None else float(_num(v))
             if v is not None and not math.isnan(v):
-                pts.append((int(b["block"]), v))
+                pts.append((x, v))
         if pts:
             series[mode] = pts
     positives = [v for pts in series.values() for _, v in pts if 0 < v < math.inf]
@@ -430,7 +445,8 @@ def render_png(result: dict, path: str | Path) -> Path:
         ax.set_yticks([])
     else:
         style = {"isolated": ("tab:blue", "o", "-"), "accumulated": ("tab:orange", "s", "-")}
-        failing = {(p.get("mode"), p.get("block")) for p in result.get("probes", [])
+        x_of = {b.get("probe", b["block"]): x for x, b in blocks}
+        failing = {(p.get("mode"), x_of.get(p.get("name"), p.get("block"))) for p in result.get("probes", [])
                    if not p.get("passed") and _is_int(p.get("block"))}
         for mode, pts in series.items():
             color, marker, ls = style[mode]
@@ -455,7 +471,7 @@ def render_png(result: dict, path: str | Path) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("block")
         ax.set_ylabel("max |sub − ref|")
-        all_x = sorted({x for pts in series.values() for x, _ in pts})
+        all_x = sorted({int(x) for pts in series.values() for x, _ in pts})
         if len(all_x) <= 40:
             ax.set_xticks(all_x)
         ax.grid(True, which="both", alpha=0.3)
