@@ -148,5 +148,24 @@ def module_paths(model: OpenSoraT2V_v1_3) -> set[str]:
     return _module_paths(model)
 
 
+def run_step(model: OpenSoraT2V_v1_3, step, teacher: dict) -> np.ndarray:
+    """Isolated mode (the family's teacher plan): block ``step.index`` or the output head on the reference's
+    tensors (already in the port's layout), through upstream's own pieces."""
+    nx = model.numerics
+    t = {role: nx(ms.Tensor(arr).astype(nx.dtype)) for role, arr in teacher.items()}
+    grid = step.params
+    if step.kind == "block":
+        out = model.transformer_blocks[step.index](
+            t["hidden_states"], attention_mask=t["attention_mask"], encoder_hidden_states=t["encoder_hidden_states"],
+            encoder_attention_mask=t["encoder_attention_mask"], timestep=t["timestep"], frame=grid["frame"],
+            height=grid["height"], width=grid["width"])
+    elif step.kind == "output":
+        out = model._get_output_for_patched_inputs(t["hidden_states"], None, t["embedded_timestep"], grid["frame"],
+                                                   grid["height"], grid["width"])
+    else:
+        raise ValueError(f"ms_impl: unknown teacher step kind {step.kind!r}")
+    return to_numpy(out)
+
+
 __all__ = ["build_model", "precision_label", "forward", "capture", "model_inputs", "dtype_namer", "module_paths",
-           "setup_context", "versions", "convert_torch_to_ms", "convert_ms_to_torch"]
+           "run_step", "setup_context", "versions", "convert_torch_to_ms", "convert_ms_to_torch"]

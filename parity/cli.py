@@ -233,8 +233,25 @@ def _ingest_msprobe(args, config: dict) -> int:
     return EXIT_OK
 
 
+def _infer_config(tensors: dict, source: str, family: str | None) -> tuple[str, dict]:
+    """(family, config) inferred from a state dict's names and shapes, by the families that can."""
+    from parity.families import FAMILIES, get_family
+
+    problems = []
+    for name in [family] if family else FAMILIES:
+        infer = getattr(get_family(name), "infer_config", None)
+        if infer is None:
+            continue
+        try:
+            return name, infer({k: v.shape for k, v in tensors.items()}, source=source)
+        except ParityError as exc:
+            problems.append(str(exc))
+    raise ParityError(problems[0] if len(problems) == 1 else
+                      f"{source}: no model family recognises these weights; pass --config (the model's config.json)")
+
+
 def cmd_convert(args) -> int:
-    from parity.families import get_family
+    from parity.families import family_for_config, get_family
     from parity.inputs_io import load_tensor_file
     from parity.safetensors_io import load_safetensors_dtypes, save_safetensors
 
@@ -245,14 +262,16 @@ def cmd_convert(args) -> int:
     _check_output(args.dst, "--dst", "file")
     if os.path.exists(args.dst) and os.path.exists(args.src) and os.path.samefile(args.src, args.dst):
         raise ParityError(f"{args.dst}: is the --src file itself; write the converted weights to a new file")
-    fam = get_family(args.family)
     tensors = load_tensor_file(args.src, "weights")
     if args.config:
-        cfg = fam.parse_config(_load_json(args.config, "config"), source=args.config)
+        config = _load_json(args.config, "config")
+        args.family = family_for_config(config, args.family, args.config)
+        fam = get_family(args.family)
+        cfg = fam.parse_config(config, source=args.config)
     else:
-        from parity.families.opensora_v13.statedict import infer_config
-        cfg = fam.parse_config(infer_config({k: v.shape for k, v in tensors.items()}, source=args.src),
-                               source=f"{args.src} (config inferred from the weights; pass --config)")
+        args.family, inferred = _infer_config(tensors, args.src, args.family)
+        fam = get_family(args.family)
+        cfg = fam.parse_config(inferred, source=f"{args.src} (config inferred from the weights; pass --config)")
     check_state_dict(tensors, fam.expected_state_dict_shapes(cfg), source=args.src)
     config = cfg.to_dict()
     from parity.plugins import load_plugin

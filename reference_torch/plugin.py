@@ -1,40 +1,41 @@
-"""The ``torch-reference`` plug-in: this repository's PyTorch ``OpenSoraT2V_v1_3`` as the reference.
+"""The ``torch-reference`` plug-in: this repository's PyTorch models as the reference (the default of ``parity dump``).
 
-Registered under the entry point group ``parity.references``; the default of ``parity dump``. It holds every
-probe where the family's probe map says (the map describes upstream's layout, which this model keeps), so it
-has no overlay.
+Registered under the entry point group ``parity.references``. One glue module per family builds and runs that
+family's model (``FAMILY_GLUE``): ``build_model(config, weights, precision)``, ``model_inputs(model, inputs)`` (the
+forward's keyword tensors), ``random_weights(config, seed)``. Every model keeps upstream's module paths and
+layouts, which is what the family probe maps describe, so there is no overlay.
 """
 
 from __future__ import annotations
 
+import importlib
+
 from parity.plugins.base import TorchPlugin
 from parity.plugins.contract import BuildRequest
+
+FAMILY_GLUE = {"opensora_v13": "reference_torch.harness"}
 
 
 class TorchReference(TorchPlugin):
     name = "torch-reference"
-    families = ("opensora_v13",)
+    families = tuple(FAMILY_GLUE)
+
+    def _glue(self, family: str):
+        self.check_family(family)
+        return importlib.import_module(FAMILY_GLUE[family])
 
     def build(self, request: BuildRequest):
-        from reference_torch import harness
-
-        self.check_family(request.family)
-        return harness.build_model(request.config, request.weights, request.precision)
+        return self._glue(request.family).build_model(request.config, request.weights, request.precision)
 
     def forward(self, model, family: str, inputs: dict):
         import torch
 
-        from reference_torch import harness
-
-        tensors = harness.model_inputs(model, inputs)
+        tensors = self._glue(family).model_inputs(model, inputs)
         with torch.no_grad():
             return model(**tensors, return_dict=False)
 
     def random_weights(self, family: str, config: dict, seed: int) -> dict:
-        from reference_torch import harness
-
-        self.check_family(family)
-        return harness.random_weights(config, seed)
+        return self._glue(family).random_weights(config, seed)
 
 
 def make_plugin(source: str | None = None) -> TorchReference:

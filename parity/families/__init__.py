@@ -43,7 +43,7 @@ def family_for_config(config, family: str | None = None, source: str = "config")
         get_family(family)
         return family
     if not isinstance(config, dict):
-        raise ParityError(f"{source}: a config must be a JSON object")
+        raise ParityError(f"{source}: a config must be a JSON object; pass the model's own config.json")
     claims = [f for f in FAMILIES if get_family(f).recognizes(config)]
     if len(claims) == 1:
         return claims[0]

@@ -32,6 +32,12 @@ def expected_state_dict_shapes(config) -> dict:
     return expected_shapes(config)
 
 
+def infer_config(shapes, source="checkpoint") -> dict:
+    """The config a state dict's names and shapes imply (``parity convert`` without ``--config``)."""
+    from .statedict import infer_config as _infer
+    return _infer(shapes, source)
+
+
 def probe_names(config) -> list[str]:
     from .probes import probe_names as _names
     return _names(config.num_layers)
