@@ -87,23 +87,34 @@ _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
 class Linear(Cell):
     """torch ``nn.Linear``: weight (out, in), bias (out). Computed in float32 and rounded once to the working dtype
-    on CPU (a 2-D matmul against the weight as stored); native ``ops.dense`` elsewhere."""
+    on CPU (a 2-D matmul against the weight as stored); native ``ops.dense`` elsewhere.
+
+    ``round_before_bias``: the matmul is materialised in the working dtype before the bias is added (two roundings
+    in half/bf16). That is torch's ``F.linear`` on a non-contiguous 3-D input (a matmul, then a separate add),
+    which upstream's forward gives the cross-attention's ``q_linear`` (see ``MultiHeadCrossAttention``).
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         bound = 1.0 / math.sqrt(in_features)
         self.in_features, self.out_features = in_features, out_features
+        self.round_before_bias = False
         self.weight = Parameter(initializer(Uniform(bound), (out_features, in_features), ms.float32))
         self.bias = Parameter(initializer(Uniform(bound), (out_features,), ms.float32)) if bias else None
 
     def construct(self, x):
+        r = self.numerics
         if ms.get_context("device_target") != "CPU":
-            return self.numerics(ops.dense(x, self.weight, self.bias))
+            if self.round_before_bias and self.bias is not None:
+                return r(r(ops.dense(x, self.weight, None)) + self.bias)
+            return r(ops.dense(x, self.weight, self.bias))
         w = self.weight if self.weight.dtype == ms.float32 else self.weight.astype(ms.float32)
         y = _linear_matmul(x.astype(ms.float32).reshape(-1, self.in_features), w)
         if self.bias is not None:
+            if self.round_before_bias:
+                y = materialize(y, r).astype(ms.float32)
             y = y + self.bias.astype(ms.float32)
-        return materialize(y.reshape(*x.shape[:-1], self.out_features), self.numerics)
+        return materialize(y.reshape(*x.shape[:-1], self.out_features), r)
 
 
 class LayerNorm(Cell):
@@ -337,6 +348,10 @@ class MultiHeadCrossAttention(Cell):
         self.head_dim = d_model // num_heads
         self.attention_backend = None
         self.q_linear = Linear(d_model, d_model)
+        # upstream's residual stream keeps the patch embedding's transposed memory layout (flatten(2).transpose(1, 2)
+        # is a view, and every later op on x preserves its strides), so torch runs this Linear on a non-contiguous
+        # (B, N, C) input: matmul and bias add round separately in half/bf16
+        self.q_linear.round_before_bias = True
         self.kv_linear = Linear(d_model, d_model * 2)
         self.attn_drop = nn.Dropout(p=attn_drop)
         self.proj = Linear(d_model, d_model)
