@@ -80,6 +80,12 @@ def text_lengths(mask) -> list[int]:
 # ==================================================================================================================
 # opensora/models/layers/blocks.py @ v1.0.0 (and the timm layers it uses)
 # ==================================================================================================================
+# Memory layout of upstream's residual stream, a rounding matter in half/bf16: x_embedder's flatten(2).transpose(1, 2) is
+# a view, so x is (B, N, C) over a (B, C, N) buffer, and every later op on x keeps those strides. torch's F.linear on
+# a non-contiguous input of 3+ dims is a matmul and a separate bias add (two roundings) instead of one fused addmm.
+# Two Linears see x in that layout: cross_attn.q_linear (x itself, non-contiguous when N > 1) and, for B = 1,
+# attn_temp.qkv (the "B (T S) C -> (B S) T C" rearrange is then a view of x, not a copy). Linear's
+# ``round_before_bias`` reproduces it; the block passes it where upstream's forward has the strided input.
 _linear_matmul = ops.MatMul(transpose_b=True)  # x (rows, in) · weight (out, in)ᵀ, the weight as stored
 _bmm = ops.BatchMatMul()
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
@@ -89,29 +95,27 @@ class Linear(Cell):
     """torch ``nn.Linear``: weight (out, in), bias (out). Computed in float32 and rounded once to the working dtype
     on CPU (a 2-D matmul against the weight as stored); native ``ops.dense`` elsewhere.
 
-    ``round_before_bias``: the matmul is materialised in the working dtype before the bias is added (two roundings
-    in half/bf16). That is torch's ``F.linear`` on a non-contiguous 3-D input (a matmul, then a separate add),
-    which upstream's forward gives the cross-attention's ``q_linear`` (see ``MultiHeadCrossAttention``).
+    ``round_before_bias=True``: the matmul is materialised in the working dtype before the bias is added (two
+    roundings in half/bf16), as torch's ``F.linear`` does on a non-contiguous input (see the layout note above).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         bound = 1.0 / math.sqrt(in_features)
         self.in_features, self.out_features = in_features, out_features
-        self.round_before_bias = False
         self.weight = Parameter(initializer(Uniform(bound), (out_features, in_features), ms.float32))
         self.bias = Parameter(initializer(Uniform(bound), (out_features,), ms.float32)) if bias else None
 
-    def construct(self, x):
+    def construct(self, x, round_before_bias=False):
         r = self.numerics
         if ms.get_context("device_target") != "CPU":
-            if self.round_before_bias and self.bias is not None:
+            if round_before_bias and self.bias is not None:
                 return r(r(ops.dense(x, self.weight, None)) + self.bias)
             return r(ops.dense(x, self.weight, self.bias))
         w = self.weight if self.weight.dtype == ms.float32 else self.weight.astype(ms.float32)
         y = _linear_matmul(x.astype(ms.float32).reshape(-1, self.in_features), w)
         if self.bias is not None:
-            if self.round_before_bias:
+            if round_before_bias:
                 y = materialize(y, r).astype(ms.float32)
             y = y + self.bias.astype(ms.float32)
         return materialize(y.reshape(*x.shape[:-1], self.out_features), r)
@@ -311,10 +315,11 @@ class Attention(Cell):
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(p=proj_drop)
 
-    def construct(self, x):
+    def construct(self, x, round_before_bias=False):
+        """``round_before_bias``: torch sees ``x`` strided (the layout note above), so ``qkv`` rounds twice."""
         r = self.numerics
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
+        qkv = self.qkv(x, round_before_bias=round_before_bias).reshape(B, N, 3, self.num_heads, self.head_dim)
         if self.enable_flashattn:
             q, k, v = (qkv[:, :, i].reshape(B, N, C) for i in range(3))
             x = attention_seam.attention(q, k, v, None, heads=self.num_heads, scale=self.scale,
@@ -348,10 +353,6 @@ class MultiHeadCrossAttention(Cell):
         self.head_dim = d_model // num_heads
         self.attention_backend = None
         self.q_linear = Linear(d_model, d_model)
-        # upstream's residual stream keeps the patch embedding's transposed memory layout (flatten(2).transpose(1, 2)
-        # is a view, and every later op on x preserves its strides), so torch runs this Linear on a non-contiguous
-        # (B, N, C) input: matmul and bias add round separately in half/bf16
-        self.q_linear.round_before_bias = True
         self.kv_linear = Linear(d_model, d_model * 2)
         self.attn_drop = nn.Dropout(p=attn_drop)
         self.proj = Linear(d_model, d_model)
@@ -360,7 +361,7 @@ class MultiHeadCrossAttention(Cell):
     def construct(self, x, cond, mask=None):
         r = self.numerics
         B, N, C = x.shape
-        q = self.q_linear(x)            # B N C
+        q = self.q_linear(x, round_before_bias=N > 1)    # B N C; torch sees x strided (the layout note above)
         kv = self.kv_linear(cond)       # 1 ΣL 2C: keys are the first C features, values the last C
         if mask is None:
             q, bias = q.reshape(1, B * N, C), None
@@ -550,7 +551,7 @@ class STDiTBlock(Cell):
         x_t = x.reshape(B, T, S, C).transpose(0, 2, 1, 3).reshape(B * S, T, C)
         if tpe is not None:
             x_t = r(x_t + tpe)
-        x_t = self.attn_temp(x_t)
+        x_t = self.attn_temp(x_t, round_before_bias=B == 1 and N > 1)  # torch: a strided view for B = 1 (above)
         x_t = x_t.reshape(B, S, T, C).transpose(0, 2, 1, 3).reshape(B, T * S, C)
         x = r(x + self.drop_path(r(gate_msa * x_t)))  # gate_msa again: there is no temporal gate
 
