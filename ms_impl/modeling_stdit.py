@@ -17,8 +17,8 @@ everywhere, so reference tensors feed them unchanged.
 Numerics: ``numerics(x)`` (``ms_impl.precision``) marks every point where PyTorch's model materialises a tensor in
 the working dtype; it is the identity for fp32 and fp16 and rounds to bf16 under ``bf16-emulated``. Matmuls,
 norms and activations are computed in float32 and rounded once to the working dtype, as torch's CPU kernels do
-for half and bf16 (MindSpore's CPU fp16 dense accumulates in fp16: 28 % of a test Linear's outputs differed
-from torch's, against 0.2 % when computed in float32 and rounded). Nothing here clips or replaces non-finite
+for half and bf16 (MindSpore's native CPU fp16 dense differed from torch's in 28 % of a test Linear's outputs,
+float32 rounded once in 0.2 %). Nothing here clips or replaces non-finite
 values: an fp16 overflow (which upstream's README warns of) stays inf/NaN through the model.
 
 Attention: upstream's self-attention path without flash-attn (``enable_flashattn=False``) is written out as
@@ -80,12 +80,12 @@ def text_lengths(mask) -> list[int]:
 # ==================================================================================================================
 # opensora/models/layers/blocks.py @ v1.0.0 (and the timm layers it uses)
 # ==================================================================================================================
-# Memory layout of upstream's residual stream, a rounding matter in half/bf16: x_embedder's flatten(2).transpose(1, 2) is
-# a view, so x is (B, N, C) over a (B, C, N) buffer, and every later op on x keeps those strides. torch's F.linear on
-# a non-contiguous input of 3+ dims is a matmul and a separate bias add (two roundings) instead of one fused addmm.
-# Two Linears see x in that layout: cross_attn.q_linear (x itself, non-contiguous when N > 1) and, for B = 1,
-# attn_temp.qkv (the "B (T S) C -> (B S) T C" rearrange is then a view of x, not a copy). Linear's
-# ``round_before_bias`` reproduces it; the block passes it where upstream's forward has the strided input.
+# Memory layout of upstream's residual stream, a rounding matter in half/bf16: x_embedder's
+# flatten(2).transpose(1, 2) is a view, so x is (B, N, C) over a (B, C, N) buffer, and every later op on x keeps those
+# strides. torch's F.linear on a non-contiguous input of 3+ dims is a matmul and a separate bias add (two roundings)
+# instead of one fused addmm. Two Linears see x in that layout: cross_attn.q_linear (x itself, non-contiguous when
+# N > 1) and, when B = 1 or S = 1, attn_temp.qkv (the "B (T S) C -> (B S) T C" rearrange is then a view of x, not a
+# copy). Linear's ``round_before_bias`` reproduces it; the block passes it where upstream's forward has that input.
 _linear_matmul = ops.MatMul(transpose_b=True)  # x (rows, in) · weight (out, in)ᵀ, the weight as stored
 _bmm = ops.BatchMatMul()
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
@@ -551,7 +551,7 @@ class STDiTBlock(Cell):
         x_t = x.reshape(B, T, S, C).transpose(0, 2, 1, 3).reshape(B * S, T, C)
         if tpe is not None:
             x_t = r(x_t + tpe)
-        x_t = self.attn_temp(x_t, round_before_bias=B == 1 and N > 1)  # torch: a strided view for B = 1 (above)
+        x_t = self.attn_temp(x_t, round_before_bias=(B == 1 or S == 1) and N > 1)  # a strided view (above)
         x_t = x_t.reshape(B, S, T, C).transpose(0, 2, 1, 3).reshape(B, T * S, C)
         x = r(x + self.drop_path(r(gate_msa * x_t)))  # gate_msa again: there is no temporal gate
 
@@ -671,7 +671,8 @@ class STDiT(Cell):
         b, _, length, c = y.shape
         if mask is None:
             return y.reshape(1, b * length, c), [length] * b
-        keep = (mask.asnumpy() if isinstance(mask, Tensor) else np.asarray(mask)).reshape(mask.shape[0], -1) != 0
+        keep = np.asarray(mask.asnumpy() if isinstance(mask, Tensor) else mask)
+        keep = keep.reshape(keep.shape[0], -1) != 0
         if keep.shape[0] != b:
             keep = np.tile(keep, (b // keep.shape[0], 1))
         index = Tensor(np.flatnonzero(keep.reshape(-1)).astype(np.int32))

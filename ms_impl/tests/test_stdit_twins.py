@@ -139,7 +139,7 @@ def test_caption_embedder(b, length, dc, precision, seed):
     H.assert_twin(m_np(mm(m_in(y, precision), False)), t_np(ref), precision, what="y_embedder")
 
 
-# ---- attention ----------------------------------------------------------------------------------------------------------
+# ---- attention -------------------------------------------------------------------------------------------------------
 @FAST
 @given(st.integers(1, 6), st.integers(1, 20), st.sampled_from([(32, 2), (48, 3), (64, 4)]), st.booleans(),
        st.sampled_from(PRECISIONS), st.integers(0, 999))
@@ -191,7 +191,7 @@ def test_final_layer_and_unpatchify(b, n, precision, seed):
     H.assert_twin(m_np(mm(m_in(x, precision), m_in(t, precision))), t_np(ref), precision, what="final layer")
 
 
-# ---- one block, the whole model --------------------------------------------------------------------------------------------
+# ---- one block, the whole model --------------------------------------------------------------------------------------
 @st.composite
 def block_case(draw):
     b = draw(st.integers(1, 3))

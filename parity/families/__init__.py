@@ -12,7 +12,7 @@ import importlib
 
 from parity.errors import ParityError
 
-FAMILIES = ("opensora_v13",)
+FAMILIES = ("opensora_v13", "stdit")
 DEFAULT_FAMILY = "opensora_v13"
 
 

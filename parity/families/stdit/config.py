@@ -103,7 +103,8 @@ class STDiTConfig:
 
     def model_kwargs(self) -> dict:
         """Keywords for upstream's ``STDiT(...)`` constructor (explicit sizes, no ``type``; add ``dtype``)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("model_type", "extra")}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("model_type", "extra")}
 
     # ---- (de)serialisation -----------------------------------------------------------------------------------
     @classmethod
