@@ -15,7 +15,7 @@ import importlib
 
 from parity.errors import ParityError
 
-FAMILIES = ("opensora_v13", "stdit3")
+FAMILIES = ("opensora_v13", "stdit3", "stdit")
 DEFAULT_FAMILY = "opensora_v13"
 
 
