@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report", metavar="DIR", help="write parity.json / parity.md / parity.png here")
     s.add_argument("--baseline", metavar="FILE", help="a previous parity.json: fail probes whose error grew > 2x")
     s.add_argument("--probes", nargs="+", metavar="GLOB", help="only probes matching these globs")
-    s.add_argument("--tolerances", metavar="FILE", help="tolerance profile file (default: parity/tolerances.json)")
+    s.add_argument("--tolerances", metavar="FILE", help="tolerance profile file (default: the family's own, parity/families/<family>/tolerances.json)")
     s.add_argument("--verbose", action="store_true", help="print the message of every failing probe")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--against", metavar="SUBJECT_DUMP",

@@ -40,7 +40,7 @@ from parity.runner import ModelRun, capture_run
 from parity.safetensors_io import read_safetensors_header, release_pages
 from parity.stats import SAMPLE_SIZE, check as stats_check, subject_stats
 from parity.store import open_dump
-from parity.tolerances import load_profiles, relative_passed
+from parity.tolerances import family_path, load_profiles, relative_passed
 from parity.weights import check_finite, check_shapes
 
 REPORT_SCHEMA = "opensora-parity/report@2"
@@ -297,7 +297,7 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     run = ModelRun(plugin, dump.family, cfg)
     getattr(plugin, "check_device", lambda _d: None)(opts.device)
     probes = _select(run.probes, dump, dump_path, opts.probes)
-    profiles = load_profiles(opts.tolerance_file)
+    profiles = load_profiles(opts.tolerance_file or family_path(dump.family))
     notes = []
     if dump.stats_only:
         opts, notes = _stats_only_modes(dump, dump_path, opts)

@@ -525,7 +525,7 @@ def _convert(*extra, src="weights.safetensors", dst="out.safetensors"):
 
 
 def _zero_tolerances(w):
-    with open(os.path.join(ROOT, "parity", "tolerances.json")) as f:
+    with open(os.path.join(ROOT, "parity", "families", "opensora_v13", "tolerances.json")) as f:
         tol = json.load(f)
     for classes in tol["profiles"].values():
         for modes in classes.values():
