@@ -32,7 +32,7 @@ from parity.families import get_family
 from parity.metrics import compute_metrics
 from parity.probemap import load_probe_map
 from parity.progress import Progress
-from parity.safetensors_io import read_safetensors_header, release_pages
+from parity.safetensors_io import release_pages
 from parity.stats import SAMPLE_SIZE, check as stats_check, subject_stats
 from parity.store import open_dump
 from parity.tolerances import load_profiles, relative_passed
@@ -220,7 +220,7 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
         raise ParityError(f"{dump_path}: dump precision is {dump.precision} but --precision {opts.precision} was "
                           f"asked; compare it at {dump.precision} or pick a {opts.precision} dump")
     _config_mismatch(dump)
-    fam = get_family(dump.family)
+    fam = get_family(dump.family, source=dump.manifest_path)
     cfg = fam.parse_config(dump.config, source=os.path.join(dump_path, "config.json"))
     pmap = load_probe_map(dump.family)
     specs = [s for s in pmap.probes(fam.num_layers(cfg)) if s.name in set(dump.probes)]
@@ -239,10 +239,11 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     expected_shapes = getattr(fam, "expected_state_dict_shapes", None)
     if expected_shapes is not None:  # from the safetensors header: nothing is loaded yet
         wpath = dump.weights_path()
-        check_shapes({k: s for k, (_, s) in read_safetensors_header(wpath).items()}, expected_shapes(cfg),
+        check_shapes({k: s for k, (_, s) in dump.weights_header().items()}, expected_shapes(cfg),
                      source=wpath)
     inputs = fam.normalize_inputs(dump.inputs(), cfg, source=os.path.join(dump_path, "inputs"))
     _check_reference_finite(dump, specs, opts.modes)
+    if hasattr(fam, "check_memory"): fam.check_memory(cfg, inputs, dump.precision, source=dump.manifest_path)  # noqa: E701
     subject = pmap.harness("subject")
     # memory-mapped, and released page by page once checked and once copied into the model: the weights are
     # held once (by the model), not twice

@@ -37,3 +37,22 @@ def builtin_cases():
 def default_case_name() -> str:
     from .cases import DEFAULT_CASE
     return DEFAULT_CASE
+
+
+def check_input_header(config, header, source="inputs"):
+    """{name: (dtype, shape)} of an inputs file, checked against the config and the machine's memory before the
+    arrays are read."""
+    from .resources import check_input_header as _check
+    _check(config, header, source)
+
+
+def check_memory(config, inputs, precision=None, source="config"):
+    """Refuse a run whose forward pass cannot fit this machine's memory (before the model is built)."""
+    from .resources import check_memory as _check
+    _check(config, {k: tuple(v.shape) for k, v in inputs.items()}, source)
+
+
+def probe_shapes(config, inputs) -> dict:
+    """{probe: shape} the reference produces for ``inputs`` (normalised arrays or shapes)."""
+    from .resources import probe_shapes as _shapes
+    return _shapes(config, {k: tuple(getattr(v, "shape", v)) for k, v in inputs.items()})
