@@ -328,39 +328,40 @@ def _family_problems(dump, problems: list[str]) -> list[str]:
     except ParityError as exc:
         return [str(exc)]
     found = []
-    broken = " ".join(problems)
+    try:
+        header = dump.weights_header()
+        wpath = dump.weights_path()
+    except ParityError:
+        header = None  # no usable weights: listed already
+    if header is not None:
+        try:
+            bad = shape_problems({k: s for k, (_, s) in header.items()}, fam.expected_state_dict_shapes(cfg))
+            if bad:
+                found.append(f"{wpath}: weights do not match the config in manifest.json — {'; '.join(bad)}; "
+                             "re-create the dump from the config that belongs to these weights")
+            else:
+                floats = [k for k, (dt, _) in header.items() if dt.startswith(("float", "bfloat"))]
+                nonfinite = nonfinite_weights(dump.load_weights(floats, mmap=True) if floats else {})
+                if nonfinite:
+                    found.append(f"{wpath}: reference problem: {len(nonfinite)} weight(s) contain NaN/Inf "
+                                 f"({', '.join(nonfinite[:5])}); re-create the dump from a healthy checkpoint")
+        except ParityError as exc:
+            found.append(str(exc))
     inputs = None
     try:
         inputs = fam.normalize_inputs(dump.inputs(), cfg, source=os.path.join(dump.path, "inputs"))
     except ParityError as exc:
-        if "inputs/" not in broken:  # a broken input file is listed already
+        if "inputs/" not in " ".join(problems):  # a broken input file is listed already
             found.append(str(exc))
     if inputs is not None and hasattr(fam, "probe_shapes"):
         expected = fam.probe_shapes(cfg, inputs)
-        for rel, e in dump._files.items():
-            if e["role"] != "input" and e["name"] in expected and tuple(e["shape"]) != tuple(expected[e["name"]]):
-                found.append(f"{os.path.join(dump.path, rel)}: probe {e['name']} has shape {tuple(e['shape'])} but "
-                             f"the config and inputs imply {tuple(expected[e['name']])}; re-create the dump with "
-                             "'parity dump'")
-    try:
-        wpath = dump.weights_path()
-    except ParityError:
-        return found  # no usable weights: listed already
-    try:
-        header = dump.weights_header()
-        bad = shape_problems({k: s for k, (_, s) in header.items()}, fam.expected_state_dict_shapes(cfg))
-        if bad:
-            found.append(f"{wpath}: weights do not match the config in manifest.json — {'; '.join(bad)}; "
-                         "re-create the dump from the config that belongs to these weights")
-        else:
-            floats = [k for k, (dt, _) in header.items() if dt.startswith(("float", "bfloat"))]
-            weights = dump.load_weights(floats, mmap=True) if floats else {}
-            nonfinite = nonfinite_weights(weights)
-            if nonfinite:
-                found.append(f"{wpath}: reference problem: {len(nonfinite)} weight(s) contain NaN/Inf "
-                             f"({', '.join(nonfinite[:5])}); re-create the dump from a healthy checkpoint")
-    except ParityError as exc:
-        found.append(str(exc))
+        wrong = [f"{e['name']} {tuple(e['shape'])} (expected {tuple(expected[e['name']])})"
+                 for e in dump._files.values()
+                 if e["role"] != "input" and e["name"] in expected and tuple(e["shape"]) != tuple(expected[e["name"]])]
+        if wrong:
+            found.append(f"{dump.manifest_path}: {len(wrong)} state(s) do not have the shapes the config and inputs "
+                         f"imply: {', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''}; re-create the dump "
+                         "with 'parity dump'")
     return found
 
 

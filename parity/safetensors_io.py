@@ -275,11 +275,8 @@ def save_safetensors(path, tensors: dict, dtypes: dict | None = None, metadata: 
     except OSError as e:
         raise _err(path, f"cannot write ({e.strerror or e})", "check the directory exists and is writable") from None
     try:
-        def write(fd):
-            with open(fd, "wb", closefd=False) as f:
-                write_safetensors_to(f, tensors, dtypes, metadata, where=path)
-
-        tmp = fsio.write_temp(dfd, name, write)
+        tmp = fsio.write_temp(dfd, name, lambda fd: write_safetensors_to(fsio.FdWriter(fd), tensors, dtypes,
+                                                                          metadata, where=path))
         try:
             if replace:
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)

@@ -195,6 +195,17 @@ def write_all(fd: int, data) -> None:
         view = view[n:]
 
 
+class FdWriter:
+    """A minimal binary file object over a descriptor (``write`` only, unbuffered), for writers that take one."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, data) -> int:
+        write_all(self.fd, data)
+        return memoryview(data).nbytes
+
+
 def fsync_dir(dir_fd_or_path) -> None:
     """fsync a directory (by descriptor or path) so a rename in it is durable; best effort."""
     own = not isinstance(dir_fd_or_path, int)

@@ -269,7 +269,7 @@ class Dump:
     bf16 is returned as exact float32. ``close()`` (or garbage collection) releases the descriptors."""
 
     def __init__(self, path: str, manifest: dict, files: dict, snapshot: _Snapshot | None = None,
-                 weights: dict | None = None):
+                 weights: dict | None = None):  # weights: the manifest's entry once checked (None: unusable)
         self.path = path
         self.manifest = manifest
         self.config: dict = manifest["config"]
@@ -279,7 +279,7 @@ class Dump:
         self.probes: list[str] = list(manifest["probes"])
         self._files = files
         self._snap = snapshot
-        self._weights = weights if weights is not None else manifest.get("weights")
+        self._weights = weights
         self.input_names: list[str] = [e["name"] for e in files.values() if e["role"] == "input"]
         self.has_fp32_states: bool = any(e["role"] == "state_fp32" for e in files.values())
         self.stats_only: bool = manifest.get("stats_only") is True

@@ -301,8 +301,7 @@ class DumpWriter:
         with self._io(WEIGHTS):
             fd = fsio.create_new(WEIGHTS, dir_fd=self._tmp_fd)
             try:
-                with open(fd, "wb", closefd=False) as f:
-                    _st.write_safetensors_to(f, tensors, dtypes, metadata, where=f"{self._shown}/{WEIGHTS}")
+                _st.write_safetensors_to(fsio.FdWriter(fd), tensors, dtypes, metadata, where=f"{self._shown}/{WEIGHTS}")
                 os.fsync(fd)
                 size = os.fstat(fd).st_size
             finally:

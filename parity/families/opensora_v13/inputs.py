@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from parity.errors import ParityError, shown
+from parity.errors import ParityError
 from .config import OpenSoraConfig
 from .probes import INPUT_NAMES
 
@@ -34,7 +34,7 @@ def _names(keys, source: str) -> None:
         if missing:
             parts.append(f"missing {', '.join(missing)}")
         if unknown:
-            parts.append(f"unknown {', '.join(shown(u, 60) for u in unknown[:5])}")
+            parts.append(f"unknown {', '.join(str(u)[:60] for u in unknown[:5])}")
         raise _bad(f"{source}: {'; '.join(parts)}; expected exactly the keys {', '.join(INPUT_NAMES)}")
 
 
