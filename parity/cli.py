@@ -166,7 +166,8 @@ def cmd_dump(args) -> int:
         config = _load_json(args.config, "config")
         cfg = fam.parse_config(config, source=args.config)
         inputs = load_tensor_file(args.inputs, "inputs",
-                                  check=lambda header: fam.check_input_header(cfg, header, source=args.inputs))
+                                  check=lambda header: fam.check_input_header(
+                                      cfg, header, source=f"{args.config} (with {args.inputs})"))
         summary = dump_reference(out=args.out, config=config, inputs=inputs, weights_path=args.weights,
                                  seed=args.seed, precision=args.precision, force=args.force, family=args.family,
                                  config_source=args.config, inputs_source=args.inputs, progress=_progress,

@@ -243,7 +243,7 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
                      source=wpath)
     inputs = fam.normalize_inputs(dump.inputs(), cfg, source=os.path.join(dump_path, "inputs"))
     _check_reference_finite(dump, specs, opts.modes)
-    if hasattr(fam, "check_memory"): fam.check_memory(cfg, inputs, dump.precision, source=dump.manifest_path)  # noqa: E701
+    if hasattr(fam, "check_run"): fam.check_run(cfg, inputs, dump, dump.precision, source=dump.manifest_path)  # noqa: E701
     subject = pmap.harness("subject")
     # memory-mapped, and released page by page once checked and once copied into the model: the weights are
     # held once (by the model), not twice

@@ -29,6 +29,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".tar", ".
 _MAX_MEMBERS = 100_000
 MAX_MEMBER_BYTES = 64 * 2**30   # one array; the config-based check bounds it far tighter
 MAX_TOTAL_BYTES = 256 * 2**30
+# a compressed member that would inflate past BOMB_MIN_BYTES at more than BOMB_RATIO x is refused unread: noise
+# (activations) does not compress, and a trivial array of that size can be saved uncompressed (numpy.savez)
+BOMB_MIN_BYTES = 64 * 2**20
+BOMB_RATIO = 100
 _MEMBER_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}\.npy")
 
 
@@ -126,6 +130,12 @@ def load_npz_fd(fd: int, st, path: str, what: str = "inputs", check=None) -> dic
                 if info.file_size > MAX_MEMBER_BYTES:
                     raise _npz_member_error(path, name, what, f"declares {info.file_size} bytes, more than "
                                             f"{MAX_MEMBER_BYTES >> 30} GiB")
+                if (info.compress_type != zipfile.ZIP_STORED and info.file_size > BOMB_MIN_BYTES
+                        and info.file_size > BOMB_RATIO * max(info.compress_size, 1)):
+                    raise _npz_member_error(path, name, what, f"would inflate {info.compress_size} compressed bytes "
+                                            f"to {info.file_size} ({info.file_size // max(info.compress_size, 1)}x: "
+                                            "a decompression bomb?); it was not decompressed. If the array is "
+                                            "real, save it uncompressed (numpy.savez) or as .safetensors, or")
                 total += info.file_size
             if total > MAX_TOTAL_BYTES:
                 raise ParityError(f"{path}: the {what} npz declares {total} bytes in all, more than "

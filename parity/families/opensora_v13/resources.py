@@ -86,7 +86,8 @@ def check_state_shapes(cfg: OpenSoraConfig, input_shapes: Mapping[str, tuple], s
     for name, shape in states.items():
         if name in expected and tuple(shape) != expected[name]:
             problems.append(f"{where(name)}: probe {name} has shape {tuple(shape)} but the config and inputs imply "
-                            f"{expected[name]}; dump it from the model and inputs this config describes")
+                            f"{expected[name]}; re-create the dump with 'parity dump' from the model and inputs this "
+                            "config describes")
     return problems
 
 
