@@ -49,7 +49,9 @@ def test_fp32_profile_catches_and_localises(name):
 def test_bf16_profile_catches_the_loud_bugs(name):
     result = _compare(CASE_FOR.get(name, "tiny-sparse"), "bf16", name)
     assert not result["passed"]
-    assert result["first_divergence"]["probe"] == MUTANTS[name].first_divergence
+    fd = result["first_divergence"]
+    assert (fd["probe"], fd["mode"]) == (MUTANTS[name].first_divergence, "isolated"), (
+        f"{name}: first divergence {fd['probe']} ({fd['mode']}), expected {MUTANTS[name].first_divergence} (isolated)")
 
 
 @pytest.mark.parametrize("name", sorted(BF16_INVISIBLE))

@@ -96,13 +96,16 @@ def size_problem(header: NpyHeader, size: int) -> str | None:
     return f"{kind} ({size} bytes, its header implies {expected})"
 
 
-def memmap(fd: int, header: NpyHeader) -> np.ndarray:
-    """A read-only memory map of the array behind ``header`` in the open file ``fd`` (0-size: an empty array)."""
+def memmap(fd: int, header: NpyHeader, path: str | None = None) -> np.ndarray:
+    """A read-only memory map of the array behind ``header`` in the open file ``fd`` (0-size: an empty array);
+    ``filename`` is ``path`` (numpy cannot know it from a descriptor)."""
     if header.nbytes == 0:
         return np.zeros(header.shape, header.dtype)
     with open(fd, "rb", closefd=False) as f:
-        return np.memmap(f, dtype=header.dtype, mode="r", offset=header.offset, shape=header.shape,
-                         order="F" if header.fortran else "C")
+        m = np.memmap(f, dtype=header.dtype, mode="r", offset=header.offset, shape=header.shape,
+                      order="F" if header.fortran else "C")
+    m.filename = os.path.abspath(path) if path else None
+    return m
 
 
 def load_npy_checked(path, mmap: bool = True) -> np.ndarray:
@@ -126,7 +129,7 @@ def load_npy_checked(path, mmap: bool = True) -> np.ndarray:
         if problem:
             raise ParityError(f"{full}: {problem}; re-save it")
         if mmap:
-            return memmap(fd, h)
+            return memmap(fd, h, full)
         arr = np.empty(h.shape, h.dtype, order="F" if h.fortran else "C")
         if h.nbytes:
             arr.reshape(-1, order="A").view(np.uint8)[:] = np.frombuffer(

@@ -192,7 +192,7 @@ def _map(snap: _Snapshot, rel: str, entry: dict) -> np.ndarray:
         geo = _geometry_problem(fd, st, entry)
         if geo:
             raise ParityError(f"{full}: {geo}; {FIX}")
-        return npy.memmap(fd, npy.read_header_fd(fd, st.st_size))
+        return npy.memmap(fd, npy.read_header_fd(fd, st.st_size), full)
     except FileNotFoundError:
         raise ParityError(f"{full}: missing; {FIX}") from None
     except OSError as e:

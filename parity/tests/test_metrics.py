@@ -329,6 +329,8 @@ def test_errors():
         compute_metrics(a, np.zeros(6), atol=0, rtol=0, name="x")
     except ParityError as e:
         assert "\n" not in str(e)
+    else:
+        pytest.fail("compute_metrics accepted arrays of shapes (2, 3) and (6,)")
 
 
 def test_compare_close_message():
