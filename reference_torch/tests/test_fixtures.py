@@ -17,10 +17,11 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "refe
 DUMPS = sorted(os.path.basename(d) for d in glob.glob(os.path.join(FIXTURES, "*")))
 
 
-def test_every_case_is_committed_in_fp32_and_bf16():
-    from parity.families.opensora_v13.cases import CASES
+def test_every_case_is_committed_in_fp32_and_bf16_and_some_in_fp16():
+    from parity.families.opensora_v13.cases import CASES, FP16_FIXTURE_CASES
 
-    assert sorted(DUMPS) == sorted(f"{c}-{p}" for c in CASES for p in ("fp32", "bf16"))
+    assert sorted(DUMPS) == sorted([f"{c}-{p}" for c in CASES for p in ("fp32", "bf16")]
+                                   + [f"{c}-fp16" for c in FP16_FIXTURE_CASES])
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(FIXTURES, "**", "*"), recursive=True)
                 if os.path.isfile(f))
     assert total < 10 * 2**20, f"committed fixtures grew to {total / 2**20:.1f} MiB; keep them a few MB"

@@ -76,6 +76,8 @@ CASES: dict[str, Case] = {c.name: c for c in (
 )}
 
 DEFAULT_CASE = "tiny-sparse"
+# committed fixtures: every case in fp32 and bf16, these also in fp16 (Makefile FP16_CASES)
+FP16_FIXTURE_CASES = ("tiny-sparse", "padded-batch")
 
 
 def get_case(name: str) -> Case:
