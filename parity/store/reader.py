@@ -137,19 +137,29 @@ def _read_config(snap: _Snapshot, config, problems: list) -> None:
         problems.append(f"{cpath}: differs from the config in manifest.json (edited by hand?); {FIX}")
 
 
+def _pin(open_, where: str, missing: str, size: int, what: str):
+    """((fd, stat), None) of a file of the snapshot whose size is the manifest's ``size``, else (None, problem)."""
+    try:
+        fd, st = open_()
+    except (FileNotFoundError, NotADirectoryError):
+        return None, missing
+    except ParityError as err:
+        return None, str(err)
+    except OSError as err:
+        return None, str(fsio.io_error(where, err, "read", f"check permissions or {FIX}"))
+    if st.st_size != size:
+        return None, f"{where}: {st.st_size} bytes but the manifest says {size} ({what} changed or truncated); {FIX}"
+    return (fd, st), None
+
+
 def _file_problem(snap: _Snapshot, rel: str, e: dict, hashes: bool, finite: bool) -> str | None:
     """One-line problem with a listed .npy file, or None."""
     full = os.path.join(snap.path, rel)
-    try:
-        fd, st = snap.open(rel)
-    except FileNotFoundError:
-        return f"{full}: missing ({e['role']} {e['name']!r} is listed in the manifest); {FIX}"
-    except ParityError as err:
-        return str(err)
-    except OSError as err:
-        return str(fsio.io_error(full, err, "read", f"check permissions or {FIX}"))
-    if st.st_size != e["bytes"]:
-        return f"{full}: {st.st_size} bytes but the manifest says {e['bytes']} (file changed or truncated); {FIX}"
+    pinned, problem = _pin(lambda: snap.open(rel), full, f"{full}: missing ({e['role']} {e['name']!r} is listed in "
+                           f"the manifest); {FIX}", e["bytes"], "file")
+    if problem:
+        return problem
+    fd, st = pinned
     geo = _geometry_problem(fd, st, e)
     if geo:
         return f"{full}: {geo}; {FIX}"
@@ -207,16 +217,11 @@ def weights_location(path: str, w: dict) -> str:
 
 def _weights_problem(snap: _Snapshot, w: dict, hashes: bool) -> str | None:
     wpath = weights_location(snap.path, w)
-    try:
-        fd, st = snap.open_external(wpath) if w["external"] else snap.open(WEIGHTS)
-    except (FileNotFoundError, NotADirectoryError):
-        return f"{wpath}: weights file missing; restore it or {FIX}"
-    except ParityError as e:
-        return str(e)
-    except OSError as e:
-        return str(fsio.io_error(wpath, e, "read", f"restore it or {FIX}"))
-    if st.st_size != w["bytes"]:
-        return f"{wpath}: {st.st_size} bytes but the manifest says {w['bytes']} (weights changed or truncated); {FIX}"
+    pinned, problem = _pin(lambda: snap.open_external(wpath) if w["external"] else snap.open(WEIGHTS), wpath,
+                           f"{wpath}: weights file missing; restore it or {FIX}", w["bytes"], "weights")
+    if problem:
+        return problem
+    fd, st = pinned
     if hashes and fsio.sha256_fd(fd, st.st_size, wpath) != w["sha256"]:
         return f"{wpath}: sha256 mismatch with manifest (weights changed or corrupt); {FIX}"
     return None
