@@ -323,3 +323,32 @@ def test_npz_header_is_checked_before_any_member_is_read(tmp_path):
         load_npz(str(tmp_path / "a.npz"), check=refuse)
     assert seen == [{"x": ("float32", (4, 4))}]
     assert struct.calcsize("<Q") == 8
+
+
+def test_writer_keeps_writing_where_it_started_when_the_parent_becomes_a_symlink(tmp_path):
+    parent, victim = tmp_path / "p", tmp_path / "victim"
+    parent.mkdir()
+    victim.mkdir()
+    with DumpWriter(str(parent / "d"), family="f", precision="fp32", config={}) as w:
+        w.add_state("a", np.ones(2, np.float32))
+        os.rename(parent, tmp_path / "moved")
+        os.symlink(victim, parent)
+        w.add_state("b", np.ones(3, np.float32))
+    assert os.listdir(victim) == []
+    assert open_dump(str(tmp_path / "moved" / "d")).probes == ["a", "b"]
+
+
+def test_a_file_that_grows_or_is_rewritten_while_read_is_refused(tmp_path):
+    from parity.store import fsio
+    p = tmp_path / "f.json"
+    p.write_text("{}")
+    fd, st = fsio.open_regular(str(p))
+    try:
+        with open(p, "a") as f:
+            f.write(" " * 10)
+        with pytest.raises(ParityError, match="changed while being read"):
+            fsio.check_unchanged(fd, st, str(p))
+    finally:
+        os.close(fd)
+    with pytest.raises(ParityError, match="larger than"):
+        fsio.read_file(str(p), limit=4, what="config")
