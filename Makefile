@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 REPORTS ?= reports
 DEFAULT_REFERENCE ?= fixtures/reference/tiny-sparse-fp32
-CASES   := tiny-dense tiny-sparse tiny-32 padded-batch
+CASES   := tiny-dense tiny-sparse tiny-32 padded-batch long-axes
 PRECISIONS := fp32 bf16
 FP16_CASES := tiny-sparse padded-batch
 

@@ -65,6 +65,14 @@ class InterleavedRoPE3D(RoPE3D):
         return ops.cat((-odd[..., None], even[..., None]), -1).reshape(x.shape)
 
 
+class DetunedRoPE3D(RoPE3D):
+    """RoPE angles 1e-4 too large (every frequency 1e-4 relative off): invisible over a few positions, visible
+    over the dozens of positions of a real latent grid (the long-axes fixture has 57 on W)."""
+
+    def get_cos_sin(self, D, seq_len, numerics, interpolation_scale=1):
+        return super().get_cos_sin(D, seq_len, numerics, interpolation_scale / (1 + 1e-4))
+
+
 class _MaskIgnoringProcessor:
     """Cross-attention processor wrapper that drops the text mask."""
 
@@ -120,6 +128,24 @@ def _skiparse_swapped(model):
     return _setting(pairs)
 
 
+def _rope_detuned(model):
+    pairs = []
+    for b in _blocks(model):
+        proc = b.attn1.processor
+        pairs.append((proc, "rope", DetunedRoPE3D(interpolation_scale_thw=proc.interpolation_scale_thw)))
+    return _setting(pairs)
+
+
+@contextlib.contextmanager
+def _train_mode(model):
+    """The model left in training mode: its Dropout cells drop (and rescale) activations."""
+    model.set_train(True)
+    try:
+        yield
+    finally:
+        model.set_train(False)
+
+
 def _sinusoid_sin_cos(model):
     return _setting([(model.adaln_single.emb.time_proj, "flip_sin_to_cos", False)])
 
@@ -148,4 +174,8 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in (
            _text_mask_ignored, needs="padded text (an encoder_attention_mask with zeros)"),
     Mutant("norm_before_cross_attn", "a LayerNorm (eps 1e-6, no affine) applied before cross-attention",
            "hidden_states_0_block", _norm_before_cross_attn),
+    Mutant("rope_freq_1e-4", "RoPE frequencies 1e-4 relative too high", "hidden_states_0_block", _rope_detuned,
+           needs="long position axes (dozens of positions on an axis)"),
+    Mutant("train_mode", "the model left in training mode (dropout active)", "hidden_states_0_block", _train_mode,
+           needs="a config with dropout > 0"),
 )}
