@@ -219,7 +219,6 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     if opts.precision is not None and opts.precision != dump.precision:
         raise ParityError(f"{dump_path}: dump precision is {dump.precision} but --precision {opts.precision} was "
                           f"asked; compare it at {dump.precision} or pick a {opts.precision} dump")
-    _config_mismatch(dump)
     fam = get_family(dump.family, source=dump.manifest_path)
     cfg = fam.parse_config(dump.config, source=os.path.join(dump_path, "config.json"))
     pmap = load_probe_map(dump.family)
