@@ -11,7 +11,6 @@ config is one line naming the file instead of a MemoryError after minutes. Every
 from __future__ import annotations
 
 import math
-import os
 import resource
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -161,7 +160,3 @@ def check_memory(need: int, what: str, source: str, fix: str) -> None:
     if avail is not None and need > avail:
         raise ParityError(f"{source}: {what} needs at least {format_bytes(need)} of memory but this machine has "
                           f"{format_bytes(avail)} available ({label}); {fix}")
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

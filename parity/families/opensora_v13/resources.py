@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from parity.errors import ParityError
 from parity.families.schema import check_memory as _check_memory
 
 from .config import OpenSoraConfig
@@ -98,13 +97,3 @@ def check_input_header(cfg: OpenSoraConfig, header: Mapping[str, tuple], source:
 
     shapes = check_shapes({k: v[1] for k, v in header.items()}, cfg, source)
     check_memory(cfg, shapes, source)
-
-
-def require_fits(cfg: OpenSoraConfig, source: str) -> None:
-    """The weights alone must fit in memory (the smallest possible run)."""
-    _check_memory(4 * parameter_count(cfg), f"the model's weights ({parameter_count(cfg):,} parameters)", source,
-                  "use a smaller config, or run on a machine with more memory")
-
-
-__all__ = ["parameter_count", "probe_shapes", "memory_needed", "check_memory", "check_state_shapes",
-           "check_input_header", "require_fits", "ParityError"]
