@@ -220,7 +220,8 @@ def cmd_convert(args) -> int:
     convert = subject.convert_ms_to_torch if args.to == "torch" else subject.convert_torch_to_ms
     out = convert(tensors, config)
     dtypes = load_safetensors_dtypes(args.src) if args.src.endswith(".safetensors") else None
-    save_safetensors(args.dst, out, dtypes={k: dtypes[k] for k in out if k in dtypes} if dtypes else None)
+    save_safetensors(args.dst, out, dtypes={k: dtypes[k] for k in out if k in dtypes} if dtypes else None,
+                     replace=args.force)
     print(f"wrote {args.dst} ({len(out)} tensors, {args.to} names)")
     return EXIT_OK
 

@@ -128,9 +128,17 @@ def test_teacher_forcing_uses_the_reference_inputs(model, specs):
         harness.run_isolated(model, CFG, {}.__getitem__, inputs, block_specs, lambda *a: None)
 
 
+@pytest.fixture(scope="module")
+def model_with_dropout():
+    cfg = dict(CFG, dropout=0.1)
+    return harness.build_model(cfg, numpy_weights(cfg, 0), "fp32")
+
+
 @pytest.mark.parametrize("name", sorted(MUTANTS))
-def test_mutant_first_diverges_where_declared_and_is_undone(model, specs, name):
+def test_mutant_first_diverges_where_declared_and_is_undone(request, specs, name):
     mutant = MUTANTS[name]
+    # a model left in training mode differs only where Dropout is active: the mutant needs a dropout > 0
+    model = request.getfixturevalue("model_with_dropout" if name == "train_mode" else "model")
     inputs = make_inputs(seed=8)   # padded text (ragged masks), masked video, 45 tokens -> Skiparse padding
     _, clean = _capture(model, inputs, specs)
     with mutant.apply(model):

@@ -265,23 +265,6 @@ def link_noreplace(tmp: str, final: str, dir_fd: int | None) -> bool:
         return True
 
 
-def write_new(final: str, data: bytes, *, dir_fd: int | None = None, where: str | None = None,
-              exists_fix: str = "move it away or choose another path") -> None:
-    """Write ``data`` as the new file ``final``; refuses (ParityError) if ``final`` exists in any form."""
-    where = where or final
-    try:
-        tmp = write_temp(dir_fd, final, lambda fd: write_all(fd, data))
-        try:
-            if not link_noreplace(tmp, final, dir_fd):
-                raise ParityError(f"{where}: exists, and this tool never writes over a file it did not create; "
-                                  f"{exists_fix}")
-        finally:
-            unlink_quietly(tmp, dir_fd)
-    except OSError as e:
-        raise io_error(where, e) from None
-    fsync_dir(dir_fd if dir_fd is not None else os.path.dirname(os.path.abspath(final)))
-
-
 def replace_owned(final: str, data, is_ours, *, dir_fd: int, where: str, fix: str) -> None:
     """Write ``data`` as ``final``, replacing an existing ``final`` only if ``is_ours(fd, stat)`` recognises
     it: the old file is first moved aside (an atomic rename within the directory), checked there through a
