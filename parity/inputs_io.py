@@ -132,10 +132,11 @@ def load_npz_fd(fd: int, st, path: str, what: str = "inputs", check=None) -> dic
                                             f"{MAX_MEMBER_BYTES >> 30} GiB")
                 if (info.compress_type != zipfile.ZIP_STORED and info.file_size > BOMB_MIN_BYTES
                         and info.file_size > BOMB_RATIO * max(info.compress_size, 1)):
-                    raise _npz_member_error(path, name, what, f"would inflate {info.compress_size} compressed bytes "
-                                            f"to {info.file_size} ({info.file_size // max(info.compress_size, 1)}x: "
-                                            "a decompression bomb?); it was not decompressed. If the array is "
-                                            "real, save it uncompressed (numpy.savez) or as .safetensors, or")
+                    raise ParityError(f"{path}: member {shown(name, 80)} of the {what} npz would inflate "
+                                      f"{info.compress_size} compressed bytes to {info.file_size} "
+                                      f"({info.file_size // max(info.compress_size, 1)}x: a decompression bomb?) "
+                                      "and was not decompressed; if the array is real, save it uncompressed "
+                                      "(numpy.savez) or as .safetensors")
                 total += info.file_size
             if total > MAX_TOTAL_BYTES:
                 raise ParityError(f"{path}: the {what} npz declares {total} bytes in all, more than "
