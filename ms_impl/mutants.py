@@ -111,12 +111,14 @@ def _layernorm_eps(model):
     return _setting([(norm, "eps", 1e-5) for b in _blocks(model) for norm in (b.norm1, b.norm2)])
 
 
+def _rope_replaced(model, rope_cls):
+    """Every block's self-attention RoPE replaced by a ``rope_cls`` with the same interpolation scales."""
+    procs = [b.attn1.processor for b in _blocks(model)]
+    return _setting([(p, "rope", rope_cls(interpolation_scale_thw=p.interpolation_scale_thw)) for p in procs])
+
+
 def _rope_interleaved(model):
-    pairs = []
-    for b in _blocks(model):
-        proc = b.attn1.processor
-        pairs.append((proc, "rope", InterleavedRoPE3D(interpolation_scale_thw=proc.interpolation_scale_thw)))
-    return _setting(pairs)
+    return _rope_replaced(model, InterleavedRoPE3D)
 
 
 def _skiparse_swapped(model):
@@ -129,11 +131,7 @@ def _skiparse_swapped(model):
 
 
 def _rope_detuned(model):
-    pairs = []
-    for b in _blocks(model):
-        proc = b.attn1.processor
-        pairs.append((proc, "rope", DetunedRoPE3D(interpolation_scale_thw=proc.interpolation_scale_thw)))
-    return _setting(pairs)
+    return _rope_replaced(model, DetunedRoPE3D)
 
 
 @contextlib.contextmanager
