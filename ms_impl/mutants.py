@@ -65,6 +65,14 @@ class InterleavedRoPE3D(RoPE3D):
         return ops.cat((-odd[..., None], even[..., None]), -1).reshape(x.shape)
 
 
+class DetunedRoPE3D(RoPE3D):
+    """RoPE angles 1e-4 too large (every frequency 1e-4 relative off): invisible over a few positions, visible
+    over the dozens of positions of a real latent grid (the long-axes fixture has 57 on W)."""
+
+    def get_cos_sin(self, D, seq_len, numerics, interpolation_scale=1):
+        return super().get_cos_sin(D, seq_len, numerics, interpolation_scale / (1 + 1e-4))
+
+
 class _MaskIgnoringProcessor:
     """Cross-attention processor wrapper that drops the text mask."""
 
@@ -103,12 +111,14 @@ def _layernorm_eps(model):
     return _setting([(norm, "eps", 1e-5) for b in _blocks(model) for norm in (b.norm1, b.norm2)])
 
 
+def _rope_replaced(model, rope_cls):
+    """Every block's self-attention RoPE replaced by a ``rope_cls`` with the same interpolation scales."""
+    procs = [b.attn1.processor for b in _blocks(model)]
+    return _setting([(p, "rope", rope_cls(interpolation_scale_thw=p.interpolation_scale_thw)) for p in procs])
+
+
 def _rope_interleaved(model):
-    pairs = []
-    for b in _blocks(model):
-        proc = b.attn1.processor
-        pairs.append((proc, "rope", InterleavedRoPE3D(interpolation_scale_thw=proc.interpolation_scale_thw)))
-    return _setting(pairs)
+    return _rope_replaced(model, InterleavedRoPE3D)
 
 
 def _skiparse_swapped(model):
@@ -118,6 +128,20 @@ def _skiparse_swapped(model):
             for attn in (b.attn1, b.attn2):
                 pairs.append((attn.processor, "sparse_group", not attn.processor.sparse_group))
     return _setting(pairs)
+
+
+def _rope_detuned(model):
+    return _rope_replaced(model, DetunedRoPE3D)
+
+
+@contextlib.contextmanager
+def _train_mode(model):
+    """The model left in training mode: its Dropout cells drop (and rescale) activations."""
+    model.set_train(True)
+    try:
+        yield
+    finally:
+        model.set_train(False)
 
 
 def _sinusoid_sin_cos(model):
@@ -148,4 +172,8 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in (
            _text_mask_ignored, needs="padded text (an encoder_attention_mask with zeros)"),
     Mutant("norm_before_cross_attn", "a LayerNorm (eps 1e-6, no affine) applied before cross-attention",
            "hidden_states_0_block", _norm_before_cross_attn),
+    Mutant("rope_freq_1e-4", "RoPE frequencies 1e-4 relative too high", "hidden_states_0_block", _rope_detuned,
+           needs="long position axes (dozens of positions on an axis)"),
+    Mutant("train_mode", "the model left in training mode (dropout active)", "hidden_states_0_block", _train_mode,
+           needs="a config with dropout > 0"),
 )}

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import stat
 import sys
 import traceback
 
-from parity.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARITY_FAILURE, ParityError
+from parity.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARITY_FAILURE, ParityError, printable
 from parity.heap import return_large_blocks_to_os
 
 MODE_CHOICES = ("isolated", "accumulated", "both")
-
-
-_MAX_JSON_BYTES = 64 * 2**20
+MAX_THREADS = 1024
 
 
 def _require_file(path: str, what: str, dir_ok: bool = False) -> None:
@@ -30,30 +27,28 @@ def _require_file(path: str, what: str, dir_ok: bool = False) -> None:
     except OSError:
         return  # the reader reports missing/unreadable files itself
     if not (stat.S_ISREG(mode) or (dir_ok and stat.S_ISDIR(mode))):
-        raise ParityError(f"{path}: {what} is not a regular file; pass the {what} file itself")
+        raise ParityError(f"{path}: {what} is not a regular file; pass the {what} itself")
 
 
 def _load_json(path: str, what: str) -> dict:
-    _require_file(path, what)
+    from parity.jsonio import load_json
+
+    return load_json(path, what, f"fix it or pass the model's own {what}.json")
+
+
+def _threads(text: str) -> int:
+    """argparse type of --threads: an integer in [1, MAX_THREADS] (torch overflows on 2**40)."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_JSON_BYTES + 1)
-        if len(raw) > _MAX_JSON_BYTES:
-            raise ParityError(f"{path}: {what} is larger than {_MAX_JSON_BYTES >> 20} MiB; pass the model's own "
-                              f"{what}.json")
-        return json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise ParityError(f"{path}: {what} not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParityError(f"{path}: cannot read {what} ({exc.__class__.__name__}); check the file and its "
-                          "permissions") from None
-    except (ValueError, RecursionError) as exc:
-        raise ParityError(f"{path}: {what} is not valid JSON ({' '.join(str(exc).split())[:100]}); fix it or pass "
-                          f"the model's own {what}.json") from None
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text[:40]!r}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be in [1, {MAX_THREADS}], got {text[:40]}")
+    return n
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(printable(msg), file=sys.stderr, flush=True)
 
 
 def _stderr_is_tty() -> bool:
@@ -179,7 +174,11 @@ def cmd_dump(args) -> int:
                               "--weights W.safetensors / --seed N")
         config = _load_json(args.config, "config")
         family = family_for_config(config, args.family, args.config)
-        inputs = load_tensor_file(args.inputs, "inputs")
+        fam = get_family(family, source=args.config)
+        cfg = fam.parse_config(config, source=args.config)
+        check_header = getattr(fam, "check_input_header", None)
+        inputs = load_tensor_file(args.inputs, "inputs", check=None if check_header is None else (
+            lambda header: check_header(cfg, header, source=f"{args.config} (with {args.inputs})")))
         summary = dump_reference(out=args.out, config=config, inputs=inputs, weights_path=args.weights,
                                  seed=args.seed, precision=args.precision, force=args.force, family=family,
                                  config_source=args.config, inputs_source=args.inputs, progress=_progress,
@@ -282,7 +281,8 @@ def cmd_convert(args) -> int:
                           f"convert_weights); there is nothing to convert")
     out = subject.convert_weights(tensors, args.family, config, "reference" if args.to == "torch" else "subject")
     dtypes = load_safetensors_dtypes(args.src) if args.src.endswith(".safetensors") else None
-    save_safetensors(args.dst, out, dtypes={k: dtypes[k] for k in out if k in dtypes} if dtypes else None)
+    save_safetensors(args.dst, out, dtypes={k: dtypes[k] for k in out if k in dtypes} if dtypes else None,
+                     replace=args.force)
     print(f"wrote {args.dst} ({len(out)} tensors, {'reference' if args.to == 'torch' else subject.name} names)")
     return EXIT_OK
 
@@ -300,6 +300,8 @@ def cmd_compare(args) -> int:
         if len(set(names)) != len(names):
             raise ParityError(f"{args.report}: several dumps share a directory name ({', '.join(names)}); their "
                               "reports would overwrite each other — compare them in separate runs")
+        from parity.report import check_report_dir
+        check_report_dir(args.report, names if len(names) > 1 else ())
     if args.against and len(args.dumps) != 1:
         raise ParityError(f"--against {args.against}: a subject dump belongs to one reference dump; pass exactly that "
                           f"one ({len(args.dumps)} given)")
@@ -360,9 +362,9 @@ def _print_result(result: dict, verbose: bool) -> None:
     n_pass = sum(p["passed"] for p in probes)
     status = "PASS" if result["passed"] else "FAIL"
     subject = (result.get("subject") or {}).get("plugin", "?")
-    print(f"{status} {result['case']} {result['precision']} ({subject}, {result['subject_precision']}, "
-          f"{result['device']}, {result['mode']}): {n_pass}/{len(probes)} probes within tolerance, "
-          f"{result['duration_s']:.1f} s")
+    print(f"{status} {printable(result['case'], 200)} {result['precision']} ({printable(subject, 80)}, "
+          f"{result['subject_precision']}, {result['device']}, {result['mode']}): {n_pass}/{len(probes)} probes "
+          f"within tolerance, {result['duration_s']:.1f} s")
     fd = result["first_divergence"]
     if fd:
         print(f"first divergence: {fd['probe']} ({fd['mode']}) — reference {fd.get('reference_path', '?')} / "
@@ -397,71 +399,76 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
-def _family_problems(path: str, problems: list[str]) -> list[str]:
-    """What only the model family can tell about a dump whose manifest is usable: config values, model inputs,
-    weight names/shapes against the config, NaN/Inf weights. Files already listed as broken are skipped."""
-    from parity import store
-    from parity.safetensors_io import load_safetensors, read_safetensors_header
-    from parity.weights import nonfinite_weights, shape_problems
+def _family_problems(dump, problems: list[str]) -> list[str]:
+    """What only the model family can tell about a dump whose manifest is usable: the family name, config values,
+    model inputs, state shapes, weight names/shapes against the config, NaN/Inf weights. Files already listed
+    as broken are skipped."""
     from parity.families import get_family
+    from parity.weights import nonfinite_weights, shape_problems
 
-    mpath = os.path.join(path, store.MANIFEST)
-    if any(p.startswith((mpath, f"{path}:")) for p in problems):
+    if any(p.startswith((dump.manifest_path, f"{dump.path}:")) for p in problems):
         return []  # the manifest itself is unusable: nothing to check against
-    try:  # the store's lenient pass: only the entries that passed the field checks
-        man, _, files, _ = store._inspect(path, hashes=False, finite=False, weights_hash=False)
-        dump = store.Dump(path, man, files)
-        fam = get_family(dump.family)
-    except (ParityError, KeyError, TypeError, ValueError):
-        return []
     try:
-        cfg = fam.parse_config(dump.config, source=os.path.join(path, store.CONFIG))
+        fam = get_family(dump.family, source=dump.manifest_path)
+        cfg = fam.parse_config(dump.config, source=os.path.join(dump.path, "config.json"))
     except ParityError as exc:
         return [str(exc)]
     found = []
     try:
-        inputs = dump.inputs()
+        header = dump.weights_header()
+        wpath = dump.weights_path()
     except ParityError:
-        inputs = None  # a broken input file is listed already
-    if inputs is not None:
+        header = None  # no usable weights: listed already
+    if header is not None:
         try:
-            fam.normalize_inputs(inputs, cfg, source=os.path.join(path, "inputs"))
-        except ParityError as exc:
-            found.append(str(exc))
-    w = man.get("weights")
-    wpath = store._weights_location(path, w) if isinstance(w, dict) and isinstance(w.get("path"), str) else None
-    if wpath and not any(p.startswith(wpath) for p in problems):
-        try:
-            header = read_safetensors_header(wpath)
             bad = shape_problems({k: s for k, (_, s) in header.items()}, fam.expected_state_dict_shapes(cfg))
             if bad:
                 found.append(f"{wpath}: weights do not match the config in manifest.json — {'; '.join(bad)}; "
                              "re-create the dump from the config that belongs to these weights")
             else:
                 floats = [k for k, (dt, _) in header.items() if dt.startswith(("float", "bfloat"))]
-                nonfinite = [k for k in floats if nonfinite_weights(load_safetensors(wpath, [k], mmap=True))]
+                nonfinite = nonfinite_weights(dump.load_weights(floats, mmap=True) if floats else {})
                 if nonfinite:
                     found.append(f"{wpath}: reference problem: {len(nonfinite)} weight(s) contain NaN/Inf "
                                  f"({', '.join(nonfinite[:5])}); re-create the dump from a healthy checkpoint")
         except ParityError as exc:
             found.append(str(exc))
+    inputs = None
+    try:
+        inputs = fam.normalize_inputs(dump.inputs(), cfg, source=os.path.join(dump.path, "inputs"))
+    except ParityError as exc:
+        if "inputs/" not in " ".join(problems):  # a broken input file is listed already
+            found.append(str(exc))
+    if inputs is not None and hasattr(fam, "probe_shapes"):
+        expected = fam.probe_shapes(cfg, inputs)
+        wrong = [f"{e['name']} {tuple(e['shape'])} (expected {tuple(expected[e['name']])})"
+                 for e in dump._files.values()
+                 if e["role"] != "input" and e["name"] in expected and tuple(e["shape"]) != tuple(expected[e["name"]])]
+        if wrong:
+            found.append(f"{dump.manifest_path}: {len(wrong)} state(s) do not have the shapes the config and inputs "
+                         f"imply: {', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''}; re-create the dump "
+                         "with 'parity dump'")
     return found
 
 
 def cmd_verify(args) -> int:
-    from parity.store import verify_dump
+    from parity.store import inspect_dump
 
     bad = []  # (dump, its problems)
     for path in args.dumps:
-        problems = verify_dump(path)
-        problems += _family_problems(path, problems)
+        dump, problems = inspect_dump(path)
+        if dump is not None:
+            try:
+                problems += _family_problems(dump, problems)
+            finally:
+                dump.close()
         if problems:
             bad.append((path, problems))
-            print(f"{path}: {len(problems)} problem(s)")
+            print(printable(f"{path}: {len(problems)} problem(s)"))
             for p in problems:
-                print(f"  - {p}")
+                print(f"  - {printable(p)}")
         else:
-            print(f"{path}: OK")
+            print(printable(f"{path}: OK"))
     if bad:  # one stderr line: the first problem, and how many more are listed on stdout
         path, problems = bad[0]
         more = f"{path}: {len(problems)} problem(s) in all" + (f", {len(bad) - 1} more dump(s) with problems"
@@ -513,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     s.add_argument("--out", required=True, help="dump directory to create")
     s.add_argument("--force", action="store_true", help="replace an existing dump")
-    s.add_argument("--threads", type=int, default=1,
+    s.add_argument("--threads", type=_threads, default=1,
                    help="torch intra-op threads (default 1: CPU reductions depend on it, so dumps reproduce exactly)")
     s.add_argument("--stats-only", action="store_true",
                    help="store per-probe statistics, sha256 and a sample of values instead of the tensors (very "

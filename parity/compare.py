@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import os
 import platform
 import time
@@ -37,7 +36,7 @@ from parity.plugins.contract import StepNotRun
 from parity.probemap import MODES, Probe, capture_items
 from parity.progress import Progress
 from parity.runner import ModelRun, capture_run
-from parity.safetensors_io import read_safetensors_header, release_pages
+from parity.safetensors_io import release_pages
 from parity.stats import SAMPLE_SIZE, check as stats_check, subject_stats
 from parity.store import open_dump
 from parity.tolerances import family_path, load_profiles, relative_passed
@@ -245,19 +244,6 @@ def _mismatch_message(name, mode, probe: Probe, m, tol, precision) -> str:
     return "\n".join(lines)
 
 
-def _config_mismatch(dump) -> None:
-    path = os.path.join(dump.path, "config.json")
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            on_disk = json.load(fh)
-    except (OSError, ValueError):
-        raise ParityError(f"{path}: missing or unreadable; the dump is incomplete — re-create it") from None
-    if on_disk != dump.config:
-        diff = sorted(k for k in set(on_disk) | set(dump.config) if on_disk.get(k) != dump.config.get(k))
-        raise ParityError(f"{path}: differs from the config in manifest.json ({', '.join(diff[:5])}); the reference "
-                          f"and the subject would be built from different configs — re-create the dump")
-
-
 def _select(probes: list[Probe], dump, dump_path: str, patterns) -> list[Probe]:
     present = set(dump.probes)
     selected = [p for p in probes if p.name in present]
@@ -281,11 +267,10 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     if opts.precision is not None and opts.precision != dump.precision:
         raise ParityError(f"{dump_path}: dump precision is {dump.precision} but --precision {opts.precision} was "
                           f"asked; compare it at {dump.precision} or pick a {opts.precision} dump")
-    _config_mismatch(dump)
     if dump.manifest.get("extra", {}).get("side") == "subject":
         raise ParityError(f"{dump_path}: is a subject dump (parity run-subject); compare the reference dump it was made "
                           f"from with --against {dump_path}")
-    fam = get_family(dump.family)
+    fam = get_family(dump.family, source=dump.manifest_path)
     cfg = fam.parse_config(dump.config, source=os.path.join(dump_path, "config.json"))
     plugin, plugin_options = resolve_subject(opts, dump_path)
     if opts.against is not None:
@@ -305,12 +290,14 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     expected_shapes = getattr(fam, "expected_state_dict_shapes", None)
     if expected_shapes is not None:  # from the safetensors header: nothing is loaded yet
         wpath = dump.weights_path()
-        check_shapes({k: s for k, (_, s) in read_safetensors_header(wpath).items()}, expected_shapes(cfg),
+        check_shapes({k: s for k, (_, s) in dump.weights_header().items()}, expected_shapes(cfg),
                      source=wpath)
     inputs = fam.normalize_inputs(dump.inputs(), cfg, source=os.path.join(dump_path, "inputs"))
+    _check_reference_finite(dump, probes, opts.modes)
+    if hasattr(fam, "check_run"):
+        fam.check_run(cfg, inputs, dump, dump.precision, source=dump.manifest_path)
     context = run.context(inputs)
     plan = run.plan(inputs)
-    _check_reference_finite(dump, probes, opts.modes)
     # memory-mapped, and released page by page once checked and once copied into the model: the weights are
     # held once (by the model), not twice
     weights = dump.load_weights(mmap=True)

@@ -23,6 +23,15 @@ from parity.store import DumpWriter, sha256_file
 # Checkpoints above this size are referenced by path + sha256 instead of being copied into the dump.
 EXTERNAL_WEIGHTS_BYTES = 256 * 2**20
 WEIGHT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+MAX_THREADS = 1024
+
+
+def _weights_header_check(fam, cfg, source: str):
+    """Names and shapes of a weights file, checked against the config before any tensor is read."""
+    from parity.weights import check_shapes
+
+    return lambda header: check_shapes({k: s for k, (_, s) in header.items()}, fam.expected_state_dict_shapes(cfg),
+                                       source)
 
 
 def round_to_precision(weights: dict[str, np.ndarray], precision: str) -> dict[str, np.ndarray]:
@@ -85,12 +94,15 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
     fam = get_family(family)
     cfg = fam.parse_config(config, source=config_source)
     inputs = fam.normalize_inputs(inputs, cfg, source=inputs_source)
+    if hasattr(fam, "check_memory"):
+        fam.check_memory(cfg, inputs, precision, source=config_source)
     cfg_dict = cfg.to_dict()
 
-    if threads < 1:
-        raise ParityError(f"--threads must be >= 1, got {threads}; pass --threads 1 (the default)")
+    if not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ParityError(f"--threads must be an integer in [1, {MAX_THREADS}], got {threads!r}; pass --threads 1 "
+                          "(the default)")
     if weights is None and weights_path is not None:
-        weights = load_tensor_file(weights_path, "weights")
+        weights = load_tensor_file(weights_path, "weights", check=_weights_header_check(fam, cfg, weights_path))
     if weights is not None:  # names, shapes and values are checked before anything is written
         from parity.weights import check_state_dict
         check_state_dict(weights, fam.expected_state_dict_shapes(cfg), source=weights_path or "weights")
@@ -146,6 +158,25 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
             "stats_only": bool(stats_only), "reference": ref.name}
 
 
+def _check_states(fam, cfg, inputs, arrays, precision, legacy_dir) -> None:
+    """Hand-dumped states must have the shapes the config and inputs imply, and float states must be values of
+    the dump's precision (a float64 file of an fp32 run is stored as float32, exactly, or refused)."""
+    expected = fam.probe_shapes(cfg, inputs) if hasattr(fam, "probe_shapes") else {}
+    for name, arr in arrays.items():
+        where = os.path.join(legacy_dir, f"{name}.npy")
+        if name in expected and tuple(arr.shape) != tuple(expected[name]):
+            raise ParityError(f"{where}: probe {name} has shape {tuple(arr.shape)} but the config and inputs imply "
+                              f"{tuple(expected[name])}; save the tensor exactly as forward() produced it, or pass "
+                              "the config it was made with")
+        if arr.dtype.kind == "f" and precision in ("fp32", "fp16") and arr.dtype.itemsize > np.dtype(
+                WEIGHT_DTYPES[precision]).itemsize and not name.endswith("_input"):
+            low = np.asarray(arr).astype(WEIGHT_DTYPES[precision])
+            if not np.array_equal(low.astype(arr.dtype), arr, equal_nan=True):
+                raise ParityError(f"{where}: holds {arr.dtype} values that are not {WEIGHT_DTYPES[precision]} "
+                                  f"values, so it was not produced by a {precision} run; save the {precision} "
+                                  "tensor itself, or pass the matching --precision")
+
+
 def ingest_legacy(legacy_dir: str, *, out: str, config: dict, weights_path: str, precision: str | None = None,
                   force: bool = False, family: str = DEFAULT_FAMILY, config_source: str = "config") -> dict:
     """Turn a folder of ``<probe>.npy`` files written by a hand-patched upstream forward() into a dump."""
@@ -175,13 +206,13 @@ def ingest_legacy(legacy_dir: str, *, out: str, config: dict, weights_path: str,
     if precision is None:
         precision = "fp16" if any(a.dtype == np.float16 for a in arrays.values()) else "fp32"
     _check_precision(precision)
-    weights = load_tensor_file(weights_path, "weights")
-    # The weights must fit the config; the reference harness checks names and shapes strictly if importable.
+    _check_states(fam, cfg, inputs, arrays, precision, legacy_dir)
+    weights = load_tensor_file(weights_path, "weights", check=_weights_header_check(fam, cfg, weights_path))
     # The weights must fit the config exactly (names, shapes, finite values); the family knows the shapes
     # without torch, so ingest works where only the subject's framework is installed.
     from parity.weights import check_state_dict
     check_state_dict(weights, fam.expected_state_dict_shapes(cfg), source=weights_path)
-    state_dtype = {"fp32": None, "fp16": None, "bf16": "bfloat16"}[precision]
+    state_dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
     nonfinite = []
     with DumpWriter(out, family=family, precision=precision, config=cfg.to_dict(), seeds={},
                     versions={"python": platform.python_version(), "numpy": np.__version__}, case=None,
@@ -199,7 +230,8 @@ def ingest_legacy(legacy_dir: str, *, out: str, config: dict, weights_path: str,
             arr = arrays[name]
             if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
                 nonfinite.append(name)
-            writer.add_state(name, arr, dtype=state_dtype if arr.dtype.kind == "f" else None)
+            keep = arr.dtype.kind != "f" or (arr.dtype == np.float32 and name.endswith("_input"))
+            writer.add_state(name, arr, dtype=None if keep else state_dtype)
         writer.extra["nonfinite_states"] = nonfinite
     return {"out": out, "found": found, "missing": missing, "ignored": ignored, "precision": precision,
             "nonfinite": nonfinite, "weights_sha256": sha256_file(weights_path)}

@@ -1,91 +1,80 @@
-"""The one JSON reader for user-supplied files (configs, tolerance files, baselines, probe maps, overlays).
+"""The one JSON reader of the harness: manifests, configs, tolerance files, reports, baselines.
 
-Regular files only (a FIFO or device would block), bounded size, UTF-8, duplicate keys refused (the safetensors
-reader refuses them too), nesting depth bounded; every problem is one ``ParityError`` line naming the file.
+Strict and bounded: the file is read through ``parity.store.fsio`` (regular files only, at most ``limit``
+bytes, a file that grows or shrinks while read is refused), decoded as UTF-8, and parsed with duplicate keys,
+``NaN``/``Infinity`` and nesting deeper than ``MAX_DEPTH`` refused. Every failure is one ``ParityError`` line
+naming the file and ending with the caller's fix.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import stat
 
-from parity.errors import ParityError
+from parity.errors import ParityError, shown
 
 MAX_JSON_BYTES = 64 * 2**20
-MAX_JSON_DEPTH = 64
+MAX_DEPTH = 64
 
 
-def _no_duplicates(pairs):
+class _Bad(ValueError):
+    pass
+
+
+def _pairs(pairs):
     out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
+    for k, v in pairs:
+        if k in out:
+            raise _Bad(f"duplicate key {shown(k, 60)}")
+        out[k] = v
     return out
 
 
-def _depth(obj, limit: int) -> int:
-    stack, deepest = [(obj, 1)], 0
+def _constant(name: str):
+    raise _Bad(f"{name} is not valid JSON")
+
+
+def _depth_ok(obj) -> bool:
+    stack = [(obj, 1)]
     while stack:
-        node, d = stack.pop()
-        deepest = max(deepest, d)
-        if d > limit:
-            return d
-        if isinstance(node, dict):
-            stack.extend((v, d + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, d + 1) for v in node)
-    return deepest
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            if d > MAX_DEPTH:
+                return False
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return True
 
 
-def parse_json_bytes(raw: bytes, path: str, what: str):
+def parse_json(raw: bytes, where: str, fix: str):
+    """Parse ``raw`` strictly; ``where`` names the file in the message, ``fix`` ends it."""
     try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except UnicodeDecodeError:
-        raise ParityError(f"{path}: {what} is not UTF-8 text; pass the {what} JSON file") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParityError(f"{where}: not valid JSON (not UTF-8 text at byte {e.start}); {fix}") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+    except _Bad as e:
+        raise ParityError(f"{where}: not valid JSON ({e}); {fix}") from None
     except RecursionError:
-        raise ParityError(f"{path}: {what} is nested too deeply; pass a plain {what} JSON file") from None
-    except ValueError as exc:
-        raise ParityError(f"{path}: {what} is not valid JSON ({' '.join(str(exc).split())[:100]}); fix the "
-                          f"file") from None
-    if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise ParityError(f"{path}: {what} is nested more than {MAX_JSON_DEPTH} levels deep; pass a plain {what} "
-                          f"JSON file")
+        raise ParityError(f"{where}: not valid JSON (nested deeper than {MAX_DEPTH} levels); {fix}") from None
+    except ValueError as e:
+        raise ParityError(f"{where}: not valid JSON ({str(e)[:120]}); {fix}") from None
+    if not _depth_ok(data):
+        raise ParityError(f"{where}: not valid JSON (nested deeper than {MAX_DEPTH} levels); {fix}")
     return data
 
 
-def read_json_file(path: str, what: str):
-    """The parsed JSON of ``path`` (see the module docstring)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise ParityError(f"{path}: {what} not found; check the path") from None
-    except OSError as exc:
-        raise ParityError(f"{path}: cannot open the {what} ({exc.strerror}); check the file and its "
-                          f"permissions") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ParityError(f"{path}: {what} is not a regular file; pass the {what} file itself")
-        if st.st_size > MAX_JSON_BYTES:
-            raise ParityError(f"{path}: {what} is larger than {MAX_JSON_BYTES >> 20} MiB; pass the {what} file itself")
-        raw = _read_bounded(fd, path, what)
-    except OSError as exc:
-        raise ParityError(f"{path}: cannot read the {what} ({exc.strerror}); check the file") from None
-    finally:
-        os.close(fd)
-    return parse_json_bytes(raw, path, what)
+def load_json(path, what: str, fix: str, *, dir_fd: int | None = None, follow: bool = True,
+              limit: int = MAX_JSON_BYTES, where: str | None = None):
+    """Read and parse the JSON file ``path`` (relative to ``dir_fd`` if given). ``what`` names it in messages
+    ("config", "tolerance file", ...). ``follow`` False refuses a symlink in the last component."""
+    from parity.store import fsio
+
+    where = where or os.fspath(path)
+    raw = fsio.read_file(path, what=what, fix=fix, dir_fd=dir_fd, follow=follow, limit=limit, where=where)
+    return parse_json(raw, where, fix)
 
 
-def _read_bounded(fd: int, path: str, what: str) -> bytes:
-    """The file's bytes, read in pieces (a file growing while read is still bounded)."""
-    chunks, total = [], 0
-    while True:
-        piece = os.read(fd, 1 << 20)
-        if not piece:
-            return b"".join(chunks)
-        total += len(piece)
-        if total > MAX_JSON_BYTES:
-            raise ParityError(f"{path}: {what} is larger than {MAX_JSON_BYTES >> 20} MiB; pass the {what} file itself")
-        chunks.append(piece)
+def dumps_bytes(obj) -> bytes:
+    """The harness's JSON output form (indent 2, strict, newline at the end)."""
+    return (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode("utf-8")

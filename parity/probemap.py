@@ -219,9 +219,9 @@ def _apply(base: SideView, overlay: Overlay | None, template: str, name: str, fm
 
 # ---- loading --------------------------------------------------------------------------------------------------
 def _read_json(path: str, what: str) -> Any:
-    from parity.jsonio import read_json_file
+    from parity.jsonio import load_json
 
-    return read_json_file(path, what)
+    return load_json(path, what, f"fix the {what} file")
 
 
 def load_probe_map(family: str, path: str | None = None) -> ProbeMap:

@@ -62,7 +62,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from parity.errors import ParityError
+from parity.errors import ParityError, shown
 from parity.metrics import format_number
 
 SCHEMA = "opensora-parity/report@2"
@@ -164,7 +164,8 @@ def _validate(result: Any, label: str) -> dict:
     if not isinstance(result, dict):
         raise ParityError(f"{label}: a report must be a JSON object, got {type(result).__name__}")
     if result.get("schema") != SCHEMA:
-        raise ParityError(f"{label}: schema is {result.get('schema')!r}, expected {SCHEMA!r}")
+        raise ParityError(f"{label}: schema is {shown(result.get('schema'), 60)}, expected {SCHEMA!r}; pass a parity.json "
+                          "written by 'parity compare --report'")
     for key, typ in (("case", str), ("passed", bool), ("probes", list), ("blocks", list)):
         if key not in result:
             raise ParityError(f"{label}: missing key {key!r}")
@@ -220,19 +221,12 @@ def _is_int(v: Any) -> bool:
 
 def load_result(path: str | Path) -> dict:
     """Read and validate a parity.json (file, or a directory holding one); NaN/Inf strings -> floats."""
+    from parity.jsonio import load_json
+
     p = Path(path)
     if p.is_dir():
         p = p / JSON_NAME
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParityError(f"{p}: report not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParityError(f"{p}: cannot read report ({exc})") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ParityError(f"{p}: not valid JSON ({exc})") from None
+    data = load_json(p, "report", "pass a parity.json written by 'parity compare --report'")
     return _decode(_validate(_upgrade(data), str(p)))
 
 
@@ -402,11 +396,21 @@ def _block_positions(rows: list) -> list[tuple[float, dict]]:
 
 
 def render_png(result: dict, path: str | Path) -> Path:
-    """Per-block max |Δ| (isolated vs accumulated) on a log scale, with the block tolerance lines."""
+    """Per-block max |Δ| (isolated vs accumulated) on a log scale, with the block tolerance lines, written to
+    the new or tool-written file ``path`` (see ``write_report`` for the ownership rule)."""
+    path = Path(path)
+    with _owned(path.parent) as d:
+        d.write(path.name, png_bytes(result))
+    return path
+
+
+def png_bytes(result: dict) -> bytes:
+    """The PNG of ``render_png``, in memory (matplotlib never opens the output file itself)."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(path)
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -477,41 +481,82 @@ def render_png(result: dict, path: str | Path) -> Path:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------------------
 # files
 
-def _write_text(path: Path, text: str) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        raise ParityError(f"{path}: cannot write report ({exc})") from None
-    return path
+_OWN_FIX = "move it away (or delete it), or choose another --report directory"
 
 
-def _render_files(result: dict, d: Path) -> list[Path]:
-    md = _write_text(d / MD_NAME, render_markdown(result))
+def _legacy_report_file(d, name: str, fd: int, st) -> bool:
+    """A report directory written before the ownership record existed: its parity.json has the report schema,
+    its parity.md is exactly the rendering of that parity.json, and parity.png is a PNG; summary.md starts with
+    the summary verdict line. Anything else (a user's notes) is not recognised."""
+    from parity.store import fsio
+
+    if st.st_size > 64 * 2**20:
+        return False
+    data = fsio.read_exact(fd, st.st_size, name)
+    if name == JSON_NAME:
+        try:
+            return json.loads(data).get("schema") == SCHEMA
+        except (ValueError, AttributeError):
+            return False
+    if name == SUMMARY_NAME:
+        return re.match(rb"\*\*(PASS|FAIL)\*\* \d+/\d+ dumps passed\n", data) is not None
     try:
-        png = render_png(result, d / PNG_NAME)
-    except OSError as exc:
-        raise ParityError(f"{d / PNG_NAME}: cannot write plot ({exc})") from None
-    return [md, png]
+        result = load_result(os.path.join(d.path, JSON_NAME))
+    except ParityError:
+        return False
+    if name == MD_NAME:
+        return data == render_markdown(result).encode("utf-8")
+    return name == PNG_NAME and data.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def _owned(report_dir):
+    from parity.store.fsio import OwnedDir
+
+    d = OwnedDir(report_dir, fix=_OWN_FIX)
+    d.legacy = lambda name, fd, st: _legacy_report_file(d, name, fd, st)
+    return d
+
+
+def _render_files(result: dict, d) -> list[Path]:
+    d.write(MD_NAME, render_markdown(result).encode("utf-8"))
+    d.write(PNG_NAME, png_bytes(result))
+    return [Path(d.path) / MD_NAME, Path(d.path) / PNG_NAME]
+
+
+def check_report_dir(report_dir: str | Path, subdirs: Iterable[str] = ()) -> None:
+    """Refuse, before any work, a report directory whose report files exist but were not written by this tool
+    (or were edited since): ``parity compare --report`` never overwrites them."""
+    from parity.store.fsio import OwnedDir
+
+    d = Path(report_dir)
+    targets = [(d, (JSON_NAME, MD_NAME, PNG_NAME, SUMMARY_NAME))] + [(d / s, (JSON_NAME, MD_NAME, PNG_NAME))
+                                                                    for s in subdirs]
+    for folder, names in targets:
+        if not os.path.lexists(folder):
+            continue
+        with _owned(folder) as owned:
+            owned.check_writable(names)
 
 
 def write_report(result: dict, report_dir: str | Path) -> list[Path]:
-    """Write parity.json, parity.md and parity.png into ``report_dir``; returns the three paths."""
-    d = Path(report_dir)
+    """Write parity.json, parity.md and parity.png into ``report_dir``; returns the three paths.
+
+    Files are created exclusively and never through a symlink; an existing one is replaced only if this tool
+    wrote it (the directory's ``.parity-files.json`` record, see ``parity.store.fsio.OwnedDir``)."""
     _validate(result, f"report for {result.get('case', '?') if isinstance(result, dict) else '?'}")
     text = dumps_result(result)
-    js = _write_text(d / JSON_NAME, text)
-    return [js] + _render_files(_decode(json.loads(text)), d)
+    with _owned(report_dir) as d:
+        d.check_writable((JSON_NAME, MD_NAME, PNG_NAME))
+        d.write(JSON_NAME, text.encode("utf-8"))
+        return [Path(d.path) / JSON_NAME] + _render_files(_decode(json.loads(text)), d)
 
 
 def _slug(name: str) -> str:
@@ -560,7 +605,9 @@ def write_summary(results: list[dict], report_dir: str | Path, *, subdirs: list[
     if write_reports:
         for r, sub in zip(results, subdirs):
             write_report(r, d / sub)
-    return _write_text(d / SUMMARY_NAME, render_summary(results, subdirs))
+    with _owned(d) as owned:
+        owned.write(SUMMARY_NAME, render_summary(results, subdirs).encode("utf-8"))
+    return d / SUMMARY_NAME
 
 
 _LINK_RE = re.compile(r"\]\(([^()]+)/" + re.escape(MD_NAME) + r"\)")
@@ -570,13 +617,16 @@ def rerender(report_dir: str | Path) -> list[Path]:
     """Rebuild parity.md/parity.png from parity.json (or every per-dump subdir + summary.md)."""
     d = Path(report_dir)
     if (d / JSON_NAME).is_file():
-        return _render_files(load_result(d / JSON_NAME), d)
+        with _owned(d) as owned:
+            owned.check_writable((MD_NAME, PNG_NAME))
+            return _render_files(load_result(d / JSON_NAME), owned)
     subdirs: list[str] = []
     if (d / SUMMARY_NAME).is_file():
-        try:
-            text = (d / SUMMARY_NAME).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ParityError(f"{d / SUMMARY_NAME}: cannot read ({exc})") from None
+        from parity.store import fsio
+
+        raw = fsio.read_file(d / SUMMARY_NAME, what="summary", fix="delete it and re-run 'parity compare --report'",
+                             follow=False, limit=16 * 2**20)
+        text = raw.decode("utf-8", "replace")
         for sub in _LINK_RE.findall(text):
             if sub in (".", "..") or "/" in sub or "\\" in sub or "\0" in sub or (d / sub).is_symlink():
                 continue  # a hand-edited summary must not make us write outside report_dir
@@ -589,11 +639,11 @@ def rerender(report_dir: str | Path) -> list[Path]:
     if not subdirs:
         raise ParityError(f"{d}: no {JSON_NAME} (nor per-dump subdirectories holding one) to re-render")
     written: list[Path] = []
-    results = []
-    for sub in subdirs:
-        r = load_result(d / sub / JSON_NAME)
-        results.append(r)
-        written += _render_files(r, d / sub)
+    results = [load_result(d / sub / JSON_NAME) for sub in subdirs]
+    check_report_dir(d, subdirs)
+    for sub, r in zip(subdirs, results):
+        with _owned(d / sub) as owned:
+            written += _render_files(r, owned)
     written.append(write_summary(results, d, write_reports=False, subdirs=subdirs))
     return written
 

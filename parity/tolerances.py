@@ -24,7 +24,6 @@ versions raise ``ParityError`` naming the file and the offending key.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -135,23 +134,12 @@ def relative_passed(sub_err: float, lowp_err: float, crit: RelativeCriterion) ->
 
 def load_profiles(path: str | Path | None = None) -> Profiles:
     """Load and validate a tolerance file (default: the opensora_v13 family's)."""
+    from parity.jsonio import load_json
+
     p = Path(path) if path is not None else DEFAULT_PATH
     label = str(p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParityError(f"{label}: tolerance file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParityError(f"{label}: cannot read tolerance file ({exc})") from None
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise ParityError(f"{label}: not valid JSON ({exc})") from None
+    data = load_json(p, "tolerance file", "fix the tolerance file or omit --tolerances")
     return _parse(data, label)
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not allowed")
 
 
 def _err(label: str, where: str, what: str) -> ParityError:

@@ -165,11 +165,6 @@ def module_paths(model: torch.nn.Module) -> set[str]:
     return _module_paths(model)
 
 
-def versions() -> dict:
-    """Library versions of the reference side, recorded in dumps."""
-    return {"torch": torch.__version__}
-
-
 @contextlib.contextmanager
 def fixed_threads(threads: int):
     """Run with ``threads`` intra-op threads: some CPU matmuls split their reductions by thread count, so a

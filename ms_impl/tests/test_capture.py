@@ -129,9 +129,17 @@ def test_teacher_forcing_uses_the_reference_inputs(model, specs):
     assert all("encoder_hidden_states_operate_on_patched_inputs is not in the reference" in s["why"] for s in skipped)
 
 
+@pytest.fixture(scope="module")
+def model_with_dropout():
+    cfg = dict(CFG, dropout=0.1)
+    return harness.build_model(cfg, numpy_weights(cfg, 0), "fp32")
+
+
 @pytest.mark.parametrize("name", sorted(MUTANTS))
-def test_mutant_first_diverges_where_declared_and_is_undone(model, specs, name):
+def test_mutant_first_diverges_where_declared_and_is_undone(request, specs, name):
     mutant = MUTANTS[name]
+    # a model left in training mode differs only where Dropout is active: the mutant needs a dropout > 0
+    model = request.getfixturevalue("model_with_dropout" if name == "train_mode" else "model")
     inputs = make_inputs(seed=8)   # padded text (ragged masks), masked video, 45 tokens -> Skiparse padding
     _, clean = _capture(model, inputs, specs)
     with mutant.apply(model):

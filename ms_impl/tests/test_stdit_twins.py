@@ -91,13 +91,14 @@ def test_patch_embed(b, c, t, h, w, precision, seed):
 
 
 def test_timestep_frequencies_and_sinusoid_against_torch():
-    """The host table equals torch's float32 chain but in 2 of 128 entries, where torch's own fp32 exp is one ULP
-    off; the sinusoid then differs by at most |t|·(that ULP) in those channels, and by <= 1 fp32 ULP elsewhere."""
+    """The host table equals torch's float32 chain but in a few of 128 entries, where torch's own fp32 exp is one
+    ULP off (2 entries with torch's AVX2 kernels, 3 with its AVX512 ones); the sinusoid then differs by at most
+    |t|·(that ULP) in those channels, and by <= 1 fp32 ULP elsewhere."""
     half = 128
     ref = torch.exp(-math.log(10000) * torch.arange(0, half, dtype=torch.float32) / half).numpy()
     got = M.timestep_frequencies(half)
     off = np.flatnonzero(got != ref)
-    assert len(off) <= 2 and np.all(np.abs(got[off] - ref[off]) <= np.spacing(ref[off]))
+    assert len(off) <= 4 and np.all(np.abs(got[off] - ref[off]) <= np.spacing(ref[off]))
     t = np.array([0.0, 1.0, 249.5, 999.0], np.float32)
     ref_emb = R.TimestepEmbedder.timestep_embedding(torch.from_numpy(t), 256).numpy()
     got_emb = M.TimestepEmbedder.timestep_embedding(Tensor(t), 256).asnumpy()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 torch = pytest.importorskip("torch", exc_type=ImportError)
 
@@ -22,12 +22,27 @@ from ms_impl.precision import numerics_for  # noqa: E402
 from ms_impl.tests.helpers import (FAST, FASTER, family_items, is_bf16_valued, make_inputs, subject_run,  # noqa: E402
                                    tiny_config)
 from parity.adapters import get_adapter  # noqa: E402
+from parity.tolerances import family_path, load_profiles  # noqa: E402
 from reference_torch import harness as ref_harness  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+PROFILES = load_profiles(family_path("opensora_v13"))  # the shipped profiles: a twin holds the bound the parity suite holds the port to
+
+
+def assert_profile(ms_arr, torch_arr, probe_class: str, mode: str, what: str = "") -> None:
+    """fp32, element by element: |sub - ref| <= atol + rtol * |ref| of the shipped profile (the suite's bound)."""
+    tol = PROFILES.lookup("fp32", probe_class, mode)
+    a, r = np.asarray(ms_arr, np.float64), np.asarray(torch_arr, np.float64)
+    assert a.shape == r.shape, (what, a.shape, r.shape)
+    excess = np.abs(a - r) - (tol.atol + tol.rtol * np.abs(r))
+    assert not (excess > 0).any(), (f"{what}: {int((excess > 0).sum())} elements outside atol={tol.atol:g} + "
+                                    f"rtol={tol.rtol:g}*|ref| (profile fp32/{probe_class}/{mode}); worst excess "
+                                    f"{float(excess.max()):.3g}")
 
 
 def _label(precision: str) -> str:
@@ -249,8 +264,18 @@ def block_case(draw):
     return b, t, h, w, length, kind, seed
 
 
+def _block_examples(fn):
+    """Fixed examples in every precision: Skiparse single and group skip with padding (15 and 45 tokens are not
+    multiples of 16), batch 2 with ragged masks, and dense."""
+    for precision in PRECISIONS:
+        for case in ((2, 3, 5, 3, 6, "single", 11), (2, 3, 3, 5, 5, "group", 12), (2, 1, 3, 5, 4, "dense", 13)):
+            fn = example(case, precision)(fn)
+    return fn
+
+
 @FAST
 @given(block_case(), st.sampled_from(PRECISIONS))
+@_block_examples
 def test_one_block(case, precision):
     b, t, h, w, length, kind, seed = case
     d, heads, s = 48, 2, t * h * w
@@ -284,8 +309,11 @@ def test_one_block(case, precision):
                  width=w)
     got = mb(m_in(x, precision), attention_mask=m_masks[0], encoder_hidden_states=m_in(text, precision),
              encoder_attention_mask=m_masks[1], timestep=m_in(t6, precision), frame=t, height=h, width=w)
-    assert_twin(m_np(got), t_np(ref).swapaxes(0, 1), precision, fp32_atol=2e-6,
-                low_ulps=2.0 if precision == "bf16" else 4.0, what=f"{kind} block")
+    if precision == "fp32":  # the isolated-block profile: a LayerNorm eps of 1e-5 (3.6e-6) must not pass here
+        assert_profile(m_np(got), t_np(ref).swapaxes(0, 1), "block", "isolated", what=f"{kind} block")
+    else:
+        assert_twin(m_np(got), t_np(ref).swapaxes(0, 1), precision, low_ulps=2.0 if precision == "bf16" else 4.0,
+                    what=f"{kind} block")
 
 
 @st.composite
@@ -305,8 +333,19 @@ def _probes(capture, model, inputs, specs):
     return out
 
 
+def _model_examples(fn):
+    """Fixed examples in every precision: Skiparse with padding (5x3 and 3x5 grids) and ragged text masks in a
+    batch of 2, and a dense config."""
+    for precision in PRECISIONS:
+        for case in ((2, 3, 9, 6, 6, [6, 2], True, 21), (2, 2, 7, 5, 5, [1, 5], True, 22),
+                     (2, 1, 4, 9, 3, [3, 2], False, 23)):
+            fn = example(case, precision)(fn)
+    return fn
+
+
 @FASTER
 @given(model_case(), st.sampled_from(PRECISIONS))
+@_model_examples
 def test_whole_model_every_probe(case, precision):
     b, t, h, w, length, text_lens, sparse, seed = case
     cfg = tiny_config(num_layers=4, sparse1d=sparse, sparse_n=4 if sparse else 1)
@@ -323,10 +362,10 @@ def test_whole_model_every_probe(case, precision):
         r, r_dtype = ref[spec.name]
         assert dtype == r_dtype, spec.name
         arr = run.to_reference(spec.name, arr, ctx)
-        if precision == "fp32":
-            assert_twin(arr, r, "fp32", fp32_atol=1e-5, what=spec.name)
-        elif precision == "bf16" and spec.probe_class in ("input", "mask"):
+        if spec.probe_class in ("input", "mask"):  # exact in every precision, as the profiles demand
             np.testing.assert_array_equal(arr, r, err_msg=spec.name)
+        elif precision == "fp32":
+            assert_profile(arr, r, spec.probe_class, "accumulated", what=spec.name)
         elif precision == "bf16" and spec.probe_class == "embedding":
             # the emulation rounds where torch rounds; a Linear's fp32 sum (torch's and MindSpore's kernels order
             # it differently) lands on the other side of a bf16 rounding boundary for ~1e-4 of the elements

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import importlib
 
-from parity.errors import ParityError
+from parity.errors import ParityError, shown
 
 FAMILIES = ("opensora_v13", "stdit3", "stdit")
 DEFAULT_FAMILY = "opensora_v13"
 
 
-def get_family(name: str = DEFAULT_FAMILY):
+def get_family(name: str = DEFAULT_FAMILY, source: str | None = None):
     """The family module: ``parse_config``, ``num_layers``, ``normalize_inputs``, ``probe_names``,
-    ``teacher_plan``, ``adapter_context``, ``builtin_cases``, ``default_case_name``, ``recognizes``."""
-    if name not in FAMILIES:
-        raise ParityError(f"unknown model family {name!r}; use one of: {', '.join(FAMILIES)}")
+    ``teacher_plan``, ``adapter_context``, ``builtin_cases``, ``default_case_name``, ``recognizes``. ``source``
+    (e.g. a dump's manifest.json) names where the family name came from; verify and compare refuse an unknown
+    family with this one message."""
+    if not isinstance(name, str) or name not in FAMILIES:
+        where = f"{source}: " if source else ""
+        raise ParityError(f"{where}unknown model family {shown(name, 60)}; use one of: {', '.join(FAMILIES)}")
     return importlib.import_module(f"parity.families.{name}")
 
 

@@ -52,8 +52,10 @@ class TorchPlugin(PluginBase):
     framework = "torch"
 
     def versions(self) -> dict:
+        """torch's version and the CPU kernel set it dispatched to (AVX2 and AVX512 kernels round differently:
+        fp32 states agree to ~1e-7 across them, not bit for bit)."""
         import torch
-        return {"torch": torch.__version__}
+        return {"torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
     @contextlib.contextmanager
     def session(self, threads: int = 1):

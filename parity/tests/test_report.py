@@ -168,9 +168,13 @@ def test_summary_for_several_dumps_and_rerender(tmp_path):
     write_report(results[0], other / "tiny-sparse")
     s2 = write_summary(results[:1], other)
     assert s2.read_text().splitlines()[2].endswith("[report](tiny-sparse/parity.md)")
-    assert sorted(p.name for p in other.iterdir()) == ["summary.md", "tiny-sparse"]
-    # single report dir
-    (tmp_path / "tiny-dense" / "parity.md").write_text("stale")
+    assert sorted(p.name for p in other.iterdir() if not p.name.startswith(".")) == ["summary.md", "tiny-sparse"]
+    # single report dir; a parity.md edited by hand (notes) is never overwritten, a deleted one is re-rendered
+    (tmp_path / "tiny-dense" / "parity.md").write_text("my notes")
+    with pytest.raises(ParityError, match=r"tiny-dense/parity.md: exists but was not written by this tool.*move it"):
+        rerender(tmp_path / "tiny-dense")
+    assert (tmp_path / "tiny-dense" / "parity.md").read_text() == "my notes"
+    (tmp_path / "tiny-dense" / "parity.md").unlink()
     rerender(tmp_path / "tiny-dense")
     assert (tmp_path / "tiny-dense" / "parity.md").read_text().startswith("**FAIL**")
 
