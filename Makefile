@@ -5,9 +5,6 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 REPORTS ?= reports
 DEFAULT_REFERENCE ?= fixtures/reference/tiny-sparse-fp32
-CASES   := tiny-dense tiny-sparse tiny-32 padded-batch long-axes
-PRECISIONS := fp32 bf16
-FP16_CASES := tiny-sparse padded-batch
 
 # msprobe (mindstudio-probe) pulls numpy 2 and pandas: it lives in venvs of its own, never in .venv.
 MSPROBE_VENV    := .venv-msprobe
@@ -35,11 +32,8 @@ parity: setup
 	$(BIN)/parity compare $(DEFAULT_REFERENCE) --mode both --report $(REPORTS)
 
 dump-reference: setup
-	@for c in $(CASES); do for p in $(PRECISIONS); do \
+	@$(BIN)/python -m parity.families.fixtures | while read c p; do \
 	  $(BIN)/parity dump --case $$c --precision $$p --out fixtures/reference/$$c-$$p --force || exit 1; \
-	done; done
-	@for c in $(FP16_CASES); do \
-	  $(BIN)/parity dump --case $$c --precision fp16 --out fixtures/reference/$$c-fp16 --force || exit 1; \
 	done
 
 bench: setup

@@ -30,6 +30,16 @@ def get_family(name: str = DEFAULT_FAMILY, source: str | None = None):
     return importlib.import_module(f"parity.families.{name}")
 
 
+def fixture_dumps() -> list[tuple[str, str]]:
+    """(case, precision) of every committed reference fixture (``fixtures/reference/<case>-<precision>``), from
+    each family's ``cases.fixture_dumps()``; ``make dump-reference`` writes them."""
+    out = []
+    for name in FAMILIES:
+        cases = importlib.import_module(f"parity.families.{name}.cases")
+        out += getattr(cases, "fixture_dumps", lambda: [])()
+    return out
+
+
 def family_of_case(case: str, family: str | None = None) -> str:
     """The family whose built-in case is called ``case`` (within ``family`` when given)."""
     names = [family] if family else list(FAMILIES)

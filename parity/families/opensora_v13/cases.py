@@ -82,8 +82,13 @@ CASES: dict[str, Case] = {c.name: c for c in (
 )}
 
 DEFAULT_CASE = "tiny-sparse"
-# committed fixtures: every case in fp32 and bf16, these also in fp16 (Makefile FP16_CASES)
+# committed fixtures (make dump-reference): every case in fp32 and bf16, these also in fp16
 FP16_FIXTURE_CASES = ("tiny-sparse", "padded-batch")
+
+
+def fixture_dumps() -> list[tuple[str, str]]:
+    """(case, precision) of every committed reference fixture of this family."""
+    return ([(c, p) for c in CASES for p in ("fp32", "bf16")] + [(c, "fp16") for c in FP16_FIXTURE_CASES])
 
 
 def get_case(name: str) -> Case:
