@@ -253,7 +253,7 @@ def cmd_compare(args) -> int:
     for path in args.dumps:
         opts = CompareOptions(modes=modes, device=args.device, precision=args.precision, probes=args.probes,
                               tolerance_file=args.tolerances, attention_backend=args.attention,
-                              progress=not args.no_progress and _stderr_is_tty())
+                              progress=not args.no_progress and _stderr_is_tty(), shown_metrics=bool(args.report))
         result = compare_dump(path, opts)
         if baseline is not None:
             apply_baseline(result, baseline)
@@ -278,6 +278,7 @@ def _num(x) -> str:
 
 
 def _print_result(result: dict, verbose: bool) -> None:
+    from parity.metrics import format_cosine
     probes = result["probes"]
     n_pass = sum(p["passed"] for p in probes)
     status = "PASS" if result["passed"] else "FAIL"
@@ -289,7 +290,7 @@ def _print_result(result: dict, verbose: bool) -> None:
     w = max([len(p["name"]) for p in probes] + [5])
     print(f"  {'probe':<{w}} {'mode':<11} {'max abs':>9} {'mean abs':>9} {'cosine':>10} {'atol':>8} {'rtol':>8}  ok")
     for p in probes:
-        cos = "—" if p["cosine"] is None else f"{p['cosine']:.7f}"
+        cos = format_cosine(p["cosine"])
         print(f"  {p['name']:<{w}} {p['mode']:<11} {_num(p['max_abs']):>9} {_num(p['mean_abs']):>9} {cos:>10} "
               f"{_num(p['atol']):>8} {_num(p['rtol']):>8}  {'ok' if p['passed'] else 'FAIL'}")
     for p in result.get("not_evaluated", []):

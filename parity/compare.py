@@ -29,7 +29,7 @@ import numpy as np
 from parity.adapters import get_adapter
 from parity.errors import MissingProbe, ParityError, ReferenceProblem
 from parity.families import get_family
-from parity.metrics import compute_metrics
+from parity.metrics import compute_metrics, mismatch_message
 from parity.probemap import load_probe_map
 from parity.progress import Progress
 from parity.safetensors_io import read_safetensors_header, release_pages
@@ -53,6 +53,7 @@ class CompareOptions:
     subject_patch: Callable[[Any], Any] | None = None   # model -> context manager (deliberately wrong variants)
     progress: bool = True
     verify_checksums: bool = True
+    shown_metrics: bool = True   # p99_abs and max_rel of passing probes too (a second pass each); else None
     extra: dict = field(default_factory=dict)
 
 
@@ -66,8 +67,9 @@ def _finite_or_none(x):
 class _Evaluator:
     """Compares one probe at a time and keeps only the verdict and metrics."""
 
-    def __init__(self, dump, specs, profiles, precision, adapter_params, progress):
+    def __init__(self, dump, specs, profiles, precision, adapter_params, progress, shown=True):
         self.dump = dump
+        self.shown = shown
         self.specs = {s.name: s for s in specs}
         self.profiles = profiles
         self.precision = precision
@@ -84,7 +86,7 @@ class _Evaluator:
     def lowp_error(self, name: str) -> float:
         if name not in self._lowp_err:
             ref32, ref = self._reference(name, "state_fp32"), self._reference(name)
-            m = compute_metrics(ref32, ref, atol=0.0, rtol=0.0, name=name)
+            m = compute_metrics(ref32, ref, atol=0.0, rtol=0.0, name=name, shown=False)
             release_pages(ref32)
             release_pages(ref)
             self._lowp_err[name] = float(m.max_abs)
@@ -119,10 +121,12 @@ class _Evaluator:
             lowp = self.lowp_error(name)
             bound = tol.relative.k * lowp + tol.relative.floor
             ref32 = self._reference(name, "state_fp32")
-            metrics = compute_metrics(ref32, sub, atol=bound, rtol=0.0, name=name)
-            release_pages(ref32)
+            metrics = compute_metrics(ref32, sub, atol=bound, rtol=0.0, name=name, shown=self.shown)
             finite = metrics.nan_sub == 0 and metrics.inf_sub == 0
             passed = bool(finite and relative_passed(metrics.max_abs, lowp, tol.relative))
+            if not passed and not self.shown:  # a failing probe is always shown in full
+                metrics = compute_metrics(ref32, sub, atol=bound, rtol=0.0, name=name)
+            release_pages(ref32)
             atol, rtol, criterion = bound, 0.0, "relative"
             msg = ("" if passed else
                    f"probe {name} ({mode}): error vs the torch fp32 run {metrics.max_abs:.3g} exceeds "
@@ -130,11 +134,15 @@ class _Evaluator:
                    f"= {bound:.3g} (profile {self.precision}/{spec.probe_class}/{mode}, relative); "
                    f"nan={metrics.nan_sub} inf={metrics.inf_sub}")
         else:
-            metrics = compute_metrics(ref, sub, atol=tol.atol, rtol=tol.rtol, name=name)
+            metrics = compute_metrics(ref, sub, atol=tol.atol, rtol=tol.rtol, name=name, shown=self.shown)
             finite = metrics.nan_sub == 0 and metrics.inf_sub == 0
             passed = bool(finite and metrics.n_outside == 0)
+            if not passed and not self.shown:  # a failing probe is always shown in full
+                metrics = compute_metrics(ref, sub, atol=tol.atol, rtol=tol.rtol, name=name)
             atol, rtol, criterion = tol.atol, tol.rtol, "absolute"
-            msg = "" if passed else _mismatch_message(name, mode, spec, metrics, tol, self.precision)
+            msg = "" if passed else mismatch_message(
+                metrics, context=f"profile {self.precision}/{spec.probe_class}/{mode}",
+                where=f"torch: {spec.torch_path} | ms: {spec.ms_path}")
         self._record(mode, spec, metrics, tol, passed, criterion, msg, atol=atol, rtol=rtol, lowp=lowp)
 
     def _stats_probe(self, mode: str, spec, sub: np.ndarray) -> None:
@@ -175,24 +183,6 @@ class _Evaluator:
         self.results[(mode, spec.name)] = entry
         if self.progress is not None:
             self.progress.update(1, f"{mode} {spec.name}")
-
-
-def _fmt_index(idx) -> str:
-    return "(" + ", ".join(str(int(i)) for i in idx) + ")" if idx is not None else "?"
-
-
-def _mismatch_message(name, mode, spec, m, tol, precision) -> str:
-    head = (f"Not equal to tolerance rtol={tol.rtol:g}, atol={tol.atol:g} (profile {precision}/{spec.probe_class}/"
-            f"{mode}) — probe {name}: mismatched elements: {m.n_outside} / {m.n} ({100 * m.frac_outside:.4g}%)")
-    lines = [head,
-             f"Max absolute difference: {m.max_abs:.6g} at index {_fmt_index(m.argmax_abs)}: "
-             f"ref={m.ref_at_max:.7g} sub={m.sub_at_max:.7g}",
-             f"Max relative difference: {m.max_rel:.6g}",
-             f"Minimal passing atol at rtol={tol.rtol:g}: {m.min_passing_atol:.6g}",
-             f"torch: {spec.torch_path} | ms: {spec.ms_path}"]
-    if m.nan_sub or m.inf_sub:
-        lines.append(f"subject has {m.nan_sub} NaN and {m.inf_sub} Inf values (never zeroed out)")
-    return "\n".join(lines)
 
 
 def _config_mismatch(dump) -> None:
@@ -250,7 +240,8 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     check_finite(weights, dump.weights_path())
     progress = Progress(len(specs) * len(opts.modes), f"compare {os.path.basename(os.path.normpath(dump_path))}",
                         enabled=opts.progress)
-    evaluator = _Evaluator(dump, specs, profiles, dump.precision, pmap.adapter_params(cfg_dict), progress)
+    evaluator = _Evaluator(dump, specs, profiles, dump.precision, pmap.adapter_params(cfg_dict), progress,
+                           shown=opts.shown_metrics)
     model = subject.build_model(cfg_dict, weights, dump.precision, device=opts.device,
                                 attention_backend=opts.attention_backend)
     del weights
