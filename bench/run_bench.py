@@ -4,7 +4,9 @@ Writes ``bench/results.json`` and prints a table (figure, value, target, met?). 
 two things timed in this run (interleaved, best of N, so load from other processes hits both sides alike),
 except the dump I/O throughputs and the real-size peak RSS.
 
-* ``metrics_vs_read_probe``: ``compute_metrics`` GB/s over ``read_bandwidth_probe`` GB/s (target >= 0.5).
+* ``metrics_vs_read_probe``: the verdict metrics pass (``compute_metrics(..., shown=False)``, every core) in GB/s of
+  input read over ``read_bandwidth_probe`` (``a.sum()``, one core) GB/s, best of 5 interleaved rounds (target >= 0.6).
+  ``with_shown_vs_read_probe``: the same with the second pass behind p99 and max_rel (what a report costs).
 * ``capture_overhead``: accumulated-mode capture + streaming compare of every probe against the memory-mapped
   reference (exactly what ``parity compare --mode accumulated`` does after building the model) over a bare
   MindSpore forward of the same model, "small" config (target <= 1.15).
@@ -156,17 +158,21 @@ def machine_info() -> dict:
 # ---- 1. metrics vs read bandwidth ------------------------------------------------------------------------------
 
 def bench_metrics(quick: bool) -> dict:
-    from parity import metrics as M
+    from parity.metrics import throughput as M
+    from parity.metrics.verdict import thread_count
 
     n = 10_000_000 if quick else 50_000_000
     probe_bytes = 4 * n
-    bw, mt = [], []
-    for _ in range(2 if quick else 3):  # interleaved: both see the same machine
+    bw, mt, full = [], [], []
+    for _ in range(2 if quick else 5):  # interleaved: all three see the same machine
         bw.append(M.read_bandwidth_probe(nbytes=probe_bytes))
         mt.append(M.metrics_throughput(n=n))
+        full.append(M.metrics_throughput(n=n, shown=True, repeats=2))
         gc.collect()
     return {"read_probe_gbps": round(max(bw), 3), "metrics_gbps": round(max(mt), 3),
-            "metrics_vs_read_probe": round(max(mt) / max(bw), 3), "elements": n}
+            "metrics_vs_read_probe": round(max(mt) / max(bw), 3), "elements": n, "threads": thread_count(),
+            "rounds_read_probe_gbps": [round(x, 2) for x in bw], "rounds_metrics_gbps": [round(x, 2) for x in mt],
+            "with_shown_gbps": round(max(full), 3), "with_shown_vs_read_probe": round(max(full) / max(bw), 3)}
 
 
 # ---- 2. dump write / load --------------------------------------------------------------------------------------
@@ -543,8 +549,12 @@ def table(res: dict) -> str:
     rows = []
     m = res.get("metrics", {})
     if m:
-        rows.append(("metrics vs read-bandwidth probe", f"{m['metrics_vs_read_probe']:.2f} ({m['metrics_gbps']:.2f} / "
-                     f"{m['read_probe_gbps']:.2f} GB/s)", ">= 0.50", _met(m["metrics_vs_read_probe"], 0.5, ">=")))
+        rows.append((f"verdict metrics ({m.get('threads', 1)} threads) vs read-bandwidth probe",
+                     f"{m['metrics_vs_read_probe']:.2f} ({m['metrics_gbps']:.2f} / {m['read_probe_gbps']:.2f} GB/s)",
+                     ">= 0.60", _met(m["metrics_vs_read_probe"], 0.6, ">=")))
+        if "with_shown_vs_read_probe" in m:
+            rows.append(("metrics incl. p99 + max_rel (report) vs read probe",
+                         f"{m['with_shown_vs_read_probe']:.2f} ({m['with_shown_gbps']:.2f} GB/s)", "(info)", "—"))
     s = res.get("small", {})
     if s:
         rows.append(("capture+compare overhead vs bare MS forward",
@@ -653,7 +663,7 @@ def main(argv=None) -> int:
     budgets = [r["budget_gb"] for r in runs.values() if "error" not in r]
     res["real_size_budget_gb"] = budgets[0] if budgets else None
     res["real_size_target_met"] = (all(r.get("within_budget", False) for r in runs.values()) if runs else None)
-    res["targets"] = {"metrics_vs_read_probe": ">= 0.5", "capture_overhead": "<= 1.15",
+    res["targets"] = {"metrics_vs_read_probe": ">= 0.6", "capture_overhead": "<= 1.15",
                       "ms_vs_torch_forward": "<= 1.25 x ms_vs_torch_matmul",
                       "real_size_peak_rss_gb": "absolute VmHWM, max of the frameworks (information)",
                       "real_size_peak_above_baseline_gb": "<= real_size_budget_gb = weights + 3 hidden states, "

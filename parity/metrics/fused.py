@@ -9,8 +9,8 @@
 * ``chunk_order_stats(r, d, rtol, atol)`` -> ``(n_outside, max(0, max(|Δ| − rtol·|r|)), max |Δ|)`` of a NaN-free
   chunk, with |Δ| from ``d`` (still in cache) and the tolerance arithmetic of ``numpy.isclose`` in the working dtype:
   ``|Δ| > atol + rtol·|r|``, no fused multiply-add.
-* ``chunk_tail(r, s, floor, hi, lo, band, scratch)`` -> ``(ok, n_above_hi, n_band, max_rel)``: the pass behind
-  the shown metrics (``parity.metrics.shown``); values of |Δ| in [lo, hi] go to ``band``. ``ok`` is False when the chunk
+* ``chunk_tail(r, s, floor, hi, lo, band, scratch)`` -> ``(ok, n_above_hi, n_equal_lo, n_band, max_rel)``: the pass
+  behind the shown metrics (``parity.metrics.shown``); values of |Δ| in (lo, hi] go to ``band``. ``ok`` is False when the chunk
   holds NaN/Inf or |Δ| overflows (the caller then takes the masked path).
 
 Summation order differs between compiled and numpy (SIMD lanes vs BLAS blocks), so the sums agree to
@@ -51,13 +51,12 @@ def chunk_tail_numpy(r: np.ndarray, s: np.ndarray, floor, hi, lo, band: np.ndarr
     with np.errstate(all="ignore"):
         a = np.abs(s - r)
     if not np.isfinite(a).all():
-        return False, 0, 0, 0.0
+        return False, 0, 0, 0, 0.0
     above = a > hi
-    inside = (a >= lo) & ~above
-    v = a[inside]
-    if lo < hi:
-        band[: v.size] = v
-    return True, int(np.count_nonzero(above)), int(v.size), float((a / np.maximum(np.abs(r), floor)).max())
+    v = a[(a > lo) & ~above]
+    band[: v.size] = v
+    return (True, int(np.count_nonzero(above)), int(np.count_nonzero(a == lo)), int(v.size),
+            float((a / np.maximum(np.abs(r), floor)).max()))
 
 
 def _build():
@@ -110,7 +109,7 @@ def _build():
     def tail(r, s, floor, hi, lo, band, a_buf):
         zero = floor - floor
         top_rel = top_a = bits(zero)
-        n_hi = n_lo = 0
+        n_hi = n_lo = n_eq = 0
         for i in range(r.shape[0]):
             x = r[i]
             a = abs(s[i] - x)
@@ -124,16 +123,18 @@ def _build():
                 n_hi += 1
             if a >= lo:
                 n_lo += 1
+            if a == lo:
+                n_eq += 1
         if top_a > bits(np.finfo(r.dtype).max):  # NaN, Inf or an overflowing difference (|NaN| orders above Inf)
-            return False, 0, 0, top_rel
+            return False, 0, 0, 0, top_rel
         n_band = 0
-        if n_lo > n_hi and lo < hi:  # (lo == hi: all of them equal lo, nothing to keep)
+        if n_lo > n_hi + n_eq:
             for i in range(r.shape[0]):
                 a = a_buf[i]
-                if a >= lo and a <= hi:
+                if a > lo and a <= hi:
                     band[n_band] = a
                     n_band += 1
-        return True, n_hi, n_lo - n_hi, top_rel
+        return True, n_hi, n_eq, n_band, top_rel
 
     return fused, order_stats, tail
 
@@ -203,14 +204,15 @@ def _float_of(bits, int_type, dtype) -> float:
 
 
 def chunk_tail(r: np.ndarray, s: np.ndarray, floor: float, hi, lo, band: np.ndarray, scratch: np.ndarray):
-    """(ok, count(|Δ| > hi), count(lo <= |Δ| <= hi), max |Δ|/max(|r|, floor)) of one chunk; when lo < hi those |Δ|
-    are written to ``band[:count]``; ``ok`` False: NaN/Inf or overflow in the chunk, nothing is valid.
+    """(ok, count(|Δ| > hi), count(|Δ| == lo), count(lo < |Δ| <= hi), max |Δ|/max(|r|, floor)) of one chunk; the
+    |Δ| in (lo, hi] are written to ``band[:count]``; ``ok`` False: NaN/Inf or overflow in the chunk, nothing else is
+    valid.
     ``floor`` > 0, and ``hi``/``lo`` already rounded to the working dtype in the safe direction (see ``parity.metrics.shown``).
     ``scratch``: a work array like ``band``."""
     wt = r.dtype.type
     kernels = _compiled_for(r, s, band, scratch)
     if kernels:
         int_type = _SIGN_CLEARED[r.dtype][0]
-        ok, n_hi, n_band, top = kernels[2](r, s, wt(floor), wt(hi), wt(lo), band, scratch[: r.shape[0]])
-        return bool(ok), int(n_hi), int(n_band), _float_of(top, int_type, r.dtype)
+        ok, n_hi, n_eq, n_band, top = kernels[2](r, s, wt(floor), wt(hi), wt(lo), band, scratch[: r.shape[0]])
+        return bool(ok), int(n_hi), int(n_eq), int(n_band), _float_of(top, int_type, r.dtype)
     return chunk_tail_numpy(r, s, wt(floor), wt(hi), wt(lo), band)

@@ -47,13 +47,16 @@ def shown_metrics(vp: VerdictPass, floor: float) -> tuple[float, float]:
         k = p99_rank(vp.n_c)
         lo, hi = (0.0, math.inf) if vp.n <= _KEEP_ALL else _band_from_sample(vp, k)
         tail = _TailPass(vp, floor, lo, hi).run()
-        above, inside = tail.n_hi, tail.n_band
+        above, inside, ties = tail.n_hi, tail.n_band, tail.n_eq  # > hi, in (lo, hi], == lo
         if above < k <= above + inside:
-            interval = (_bits(lo), _bits(hi), k - above, inside, tail.values)
+            interval = (_bits(lo) + 1, _bits(hi), k - above, inside, tail.values)
+        elif above + inside < k <= above + inside + ties:
+            interval = (_bits(lo), _bits(lo), 1, ties, None)
         elif k <= above:
             interval = (_bits(hi) + 1, _INF_BITS, k, above, None)
         else:
-            interval = (0, _bits(lo) - 1, k - above - inside, vp.n_c - above - inside, None)
+            rest = above + inside + ties
+            interval = (0, _bits(lo) - 1, k - rest, vp.n_c - rest, None)
         return min(_kth_largest_in(vp, *interval), vp.max_abs), tail.max_rel
 
 
@@ -63,10 +66,11 @@ class _TailPass:
     def __init__(self, vp: VerdictPass, floor: float, lo: float, hi: float):
         self.vp, self.floor, self.lo, self.hi = vp, floor, lo, hi
         self.hi_counts = np.zeros(vp.n_chunks, np.int64)
+        self.eq_counts = np.zeros(vp.n_chunks, np.int64)
         self.band_counts = np.zeros(vp.n_chunks, np.int64)
         self.rel = np.zeros(vp.n_chunks)
         self.parts: list = [None] * vp.n_chunks
-        self.keep = lo < hi  # lo == hi: every value in the band equals lo
+        self.keep = True
         self.kept = 0
         self.lock = threading.Lock()
 
@@ -74,9 +78,10 @@ class _TailPass:
         for_each_chunk(self.vp.n_chunks, self._chunk)
         self.n_hi = int(self.hi_counts.sum())
         self.n_band = int(self.band_counts.sum())
+        self.n_eq = int(self.eq_counts.sum())
         rel = self.rel
         self.max_rel = math.nan if np.isnan(rel).any() else float(rel.max())
-        self.values = None  # lo == hi (all equal), or too many: narrowed by histograms
+        self.values = None  # too many: narrowed by histograms
         if self.keep:
             self.values = np.concatenate([p for p in self.parts if p is not None] or [np.empty(0)])
         return self
@@ -91,22 +96,23 @@ class _TailPass:
             dt = r.dtype
             band = reused(("band", dt.str, vp.chunk), np.empty, vp.chunk, dt)
             scratch = reused(("tail", dt.str, vp.chunk), np.empty, vp.chunk, dt)
-            ok, n_hi, n_band, rel = chunk_tail(r, s, self.floor, _below(self.hi, dt), _above(self.lo, dt), band,
-                                               scratch)
+            lo = dt.type(self.lo)  # lo is a value of |Δ| (or 0): exact in every dtype it is compared in
+            ok, n_hi, n_eq, n_band, rel = chunk_tail(r, s, self.floor, _below(self.hi, dt), lo, band, scratch)
             if ok:
-                self._keep(c, n_hi, band[:n_band] if self.keep else None, n_band, rel)
+                self._keep(c, n_hi, n_eq, band[:n_band], rel)
                 return
         rc, _, ad = _chunk_values(vp, c)
         dt = ad.dtype
         above = ad > _below(self.hi, dt)
-        inside = ad[(ad >= _above(self.lo, dt)) & ~above]
+        inside = ad[(ad > self.lo) & ~above]
         # a zero floor (it underflowed): the plain |Δ|/|ref|, 0/0 is NaN and x/0 is inf, as in the formula
         rel = float((ad / np.maximum(np.abs(rc), dt.type(self.floor))).max())
-        self._keep(c, int(np.count_nonzero(above)), inside, inside.size, rel)
+        self._keep(c, int(np.count_nonzero(above)), int(np.count_nonzero(ad == self.lo)), inside, rel)
 
-    def _keep(self, c: int, n_hi: int, values, n_band: int, rel: float) -> None:
-        self.hi_counts[c], self.band_counts[c], self.rel[c] = n_hi, n_band, rel
-        if values is None or not self.keep:
+    def _keep(self, c: int, n_hi: int, n_eq: int, values: np.ndarray, rel: float) -> None:
+        n_band = values.size
+        self.hi_counts[c], self.eq_counts[c], self.band_counts[c], self.rel[c] = n_hi, n_eq, n_band, rel
+        if not self.keep:
             return
         with self.lock:
             self.kept += n_band
@@ -178,12 +184,13 @@ def _chunk_values(vp: VerdictPass, c: int):
 
 
 def _band_from_sample(vp: VerdictPass, k: int) -> tuple[float, float]:
-    """[lo, hi] around the k-th largest |Δ|, from every step-th element (finite pairs only)."""
-    step = max(1, vp.n // _SAMPLE)
-    pos = np.arange(0, vp.n, step)
+    """[lo, hi] around the k-th largest |Δ|, from _SAMPLE positions drawn with a fixed seed (not a fixed stride,
+    which could fall in step with a row length); finite pairs only. lo and hi are values of |Δ| (or 0, inf)."""
+    pos = np.unique(np.random.default_rng(0).integers(0, vp.n, _SAMPLE))
     r, s = vp.src_r.take(pos), vp.src_s.take(pos)
     fin = np.isfinite(r) & np.isfinite(s)
-    samp = np.abs(s[fin].astype(np.float64) - r[fin].astype(np.float64))
+    samp = np.abs(s[fin] - r[fin])  # in the working dtype, as the pass computes |Δ|
+    samp = samp[np.isfinite(samp)].astype(np.float64)
     ns = samp.size
     if ns == 0:
         return 0.0, math.inf
