@@ -43,30 +43,30 @@ def format_index(idx) -> str:
 
 def format_number(x) -> str:
     """Compact human formatting: 0, 0.5312, 3.1e-04, NaN, inf, —."""
-    if x is None:
-        return "—"
+    if _missing(x):
+        return _missing(x)
     x = float(x)
-    if math.isnan(x):
-        return "NaN"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
     if x == 0:
         return "0"
-    ax = abs(x)
-    if 1e-3 <= ax < 1e4:
+    if 1e-3 <= abs(x) < 1e4:
         return f"{x:.4g}"
     return f"{x:.1e}"
 
 
 def format_cosine(c) -> str:
     """A cosine similarity that shows how far from 1 it is: 1, 1−3.2e-14, 0.998765, NaN, —."""
-    if c is None:
-        return "—"
+    if _missing(c):
+        return _missing(c)
     c = float(c)
-    if math.isnan(c):
-        return "NaN"
     if c == 1.0:
         return "1"
     if 0.999 < c < 1.0:
         return f"1−{1.0 - c:.1e}"
     return f"{c:.6f}"
+
+
+def _missing(x) -> str:
+    """"—" for no value, "NaN" for NaN, "" for a number."""
+    return "—" if x is None else "NaN" if math.isnan(float(x)) else ""

@@ -88,7 +88,7 @@ def thread_count() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple | None = None  # (executor, its size, the process that made it: a forked child makes its own)
 _pool_lock = threading.Lock()
 
 
@@ -104,9 +104,9 @@ def for_each_chunk(n_chunks: int, work) -> None:
         return
     global _pool
     with _pool_lock:
-        if _pool is None or _pool._max_workers < k - 1:
-            _pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="parity-metrics")
-        pool = _pool
+        if _pool is None or _pool[1] < k - 1 or _pool[2] != os.getpid():
+            _pool = (ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="parity-metrics"), k - 1, os.getpid())
+        pool = _pool[0]
     indices = itertools.count()  # next() on it is atomic under the GIL
 
     def worker():
