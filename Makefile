@@ -16,11 +16,12 @@ MSPROBE_FIXTURE_CASE ?= tiny-sparse
 setup: $(STAMP)
 
 # torch is pinned to the CPU wheel (an open range can pull a multi-GB CUDA build); mindspore 2.10 needs numpy<2;
-# numba (the metrics pass's compiled chunk loop, parity/fused.py) is pinned too, for a reproducible install.
+# numba (the metrics passes' compiled chunk loops, parity/metrics/fused.py) and tqdm (the compare progress bar) are
+# pinned too, for a reproducible install.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "torch==2.13.0" "mindspore==2.10.0" "numpy<2" "numba==0.68.1"
+	$(BIN)/pip install -q "torch==2.13.0" "mindspore==2.10.0" "numpy<2" "numba==0.68.1" "tqdm==4.70.1"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 

@@ -4,10 +4,16 @@ Writes ``bench/results.json`` and prints a table (figure, value, target, met?). 
 two things timed in this run (interleaved, best of N, so load from other processes hits both sides alike),
 except the dump I/O throughputs and the real-size peak RSS.
 
-* ``metrics_vs_read_probe``: ``compute_metrics`` GB/s over ``read_bandwidth_probe`` GB/s (target >= 0.5).
+* ``metrics_vs_read_probe``: the verdict metrics pass (``compute_metrics(..., shown=False)``, every core) in GB/s of
+  input read over ``read_bandwidth_probe`` (``a.sum()``, one core) GB/s, best of 5 interleaved rounds (target >= 0.6).
+  ``with_shown_vs_read_probe``: the same with the second pass behind p99 and max_rel (what a report costs).
 * ``capture_overhead``: accumulated-mode capture + streaming compare of every probe against the memory-mapped
   reference (exactly what ``parity compare --mode accumulated`` does after building the model) over a bare
   MindSpore forward of the same model, "small" config (target <= 1.15).
+  ``capture_overhead_pynative``: the same in PyNative, the mode ``parity compare`` runs in (the headline
+  ``capture_overhead`` is in the mode the bench picked, ``ms_mode``); ``harness_in_capture_s`` /
+  ``harness_vs_forward``: the harness's own work inside that capture (numpy copies in the hooks; adapters, metrics
+  with p99/max_rel and page release in the probe callback), timed where it happens.
 * ``ms_vs_torch_forward``: MindSpore forward over torch forward, same config and weights, fp32, CPU; compared
   with ``ms_vs_torch_matmul``, the MS/torch ratio of one large fp32 matmul (target: forward ratio <= 1.25 x
   matmul ratio). The MindSpore execution mode that ran is recorded (``ms_mode``): per-block ``ms.jit`` graph
@@ -156,17 +162,21 @@ def machine_info() -> dict:
 # ---- 1. metrics vs read bandwidth ------------------------------------------------------------------------------
 
 def bench_metrics(quick: bool) -> dict:
-    from parity import metrics as M
+    from parity.metrics import throughput as M
+    from parity.metrics.verdict import thread_count
 
     n = 10_000_000 if quick else 50_000_000
     probe_bytes = 4 * n
-    bw, mt = [], []
-    for _ in range(2 if quick else 3):  # interleaved: both see the same machine
+    bw, mt, full = [], [], []
+    for _ in range(2 if quick else 5):  # interleaved: all three see the same machine
         bw.append(M.read_bandwidth_probe(nbytes=probe_bytes))
         mt.append(M.metrics_throughput(n=n))
+        full.append(M.metrics_throughput(n=n, shown=True, repeats=2))
         gc.collect()
     return {"read_probe_gbps": round(max(bw), 3), "metrics_gbps": round(max(mt), 3),
-            "metrics_vs_read_probe": round(max(mt) / max(bw), 3), "elements": n}
+            "metrics_vs_read_probe": round(max(mt) / max(bw), 3), "elements": n, "threads": thread_count(),
+            "rounds_read_probe_gbps": [round(x, 2) for x in bw], "rounds_metrics_gbps": [round(x, 2) for x in mt],
+            "with_shown_gbps": round(max(full), 3), "with_shown_vs_read_probe": round(max(full) / max(bw), 3)}
 
 
 # ---- 2. dump write / load --------------------------------------------------------------------------------------
@@ -352,9 +362,32 @@ def bench_small(tmp: str, quick: bool) -> dict:
     def ms_forward():
         return MH.forward(mmodel, inputs)
 
+    import parity.capture_ms as CM
+
+    harness_s = {"to_numpy": 0.0, "compare": 0.0}  # the harness's own work inside a capture + compare, wall s
+    to_numpy = CM.MsCapture._to_numpy
+
+    def timed_to_numpy(self, value):
+        t0 = time.perf_counter()
+        try:
+            return to_numpy(self, value)
+        finally:
+            harness_s["to_numpy"] += time.perf_counter() - t0
+
     def ms_capture_compare():
-        ev = _Evaluator(dump, run.probes, profiles, dump.precision, context, run.adapters, None)
-        run.capture(inputs, lambda n, a, _dt=None: ev("accumulated", n, a))
+        ev = _Evaluator(dump, run.probes, profiles, dump.precision, context, run.adapters, None)  # shown, as for a report
+
+        def on_probe(n, a, _dt=None):
+            t0 = time.perf_counter()
+            ev("accumulated", n, a)
+            harness_s["compare"] += time.perf_counter() - t0
+        for k in harness_s:
+            harness_s[k] = 0.0
+        CM.MsCapture._to_numpy = timed_to_numpy
+        try:
+            run.capture(inputs, on_probe)
+        finally:
+            CM.MsCapture._to_numpy = to_numpy
         return ev.results
 
     # warm-up (first calls build caches / kernels) and correctness of what we time
@@ -393,12 +426,13 @@ def bench_small(tmp: str, quick: bool) -> dict:
     # interleaved timing: torch forward, MS bare forward, MS capture + compare, MS bare forward (capture and
     # bare forward in the same MS mode: hooks sit at block boundaries, outside the compiled blocks)
     say(f"timing forwards ({out['ms_mode']}), {rounds} interleaved rounds")
-    t_torch, t_ms, t_cap, t_pyn, t_pyn_cap = [], [], [], [], []
+    t_torch, t_ms, t_cap, t_pyn, t_pyn_cap, parts = [], [], [], [], [], []
     for _ in range(rounds):
         t_torch.append(best_of(torch_forward, 1))
         with jit.active(use_graph) if jit else contextlib.nullcontext():
             t_ms.append(best_of(ms_forward, 1))
             t_cap.append(best_of(ms_capture_compare, 1))
+            parts.append(dict(harness_s))
             t_ms.append(best_of(ms_forward, 1))
         if use_graph:  # the PyNative pair too, for the record
             t_pyn.append(best_of(ms_forward, 1))
@@ -412,6 +446,13 @@ def bench_small(tmp: str, quick: bool) -> dict:
         out["pynative"] = {"forward_s": round(min(t_pyn + [pyn]), 3), "capture_compare_s": round(min(t_pyn_cap), 3),
                            "capture_overhead": round(min(t_pyn_cap) / min(t_pyn + [pyn]), 3),
                            "ms_vs_torch_forward": round(min(t_pyn + [pyn]) / min(t_torch), 3)}
+    # what `parity compare` runs: PyNative (a trace would not see patches applied to the built model)
+    out["capture_overhead_pynative"] = out["pynative"]["capture_overhead"] if use_graph else out["capture_overhead"]
+    # the harness's own share, measured inside the capture (load inflates it no more than the forward):
+    # copies to numpy in the hooks, and adapters + metrics (with p99/max_rel) + page release in the callback
+    best = min(parts, key=lambda p: p["to_numpy"] + p["compare"])
+    out["harness_in_capture_s"] = {k: round(v, 4) for k, v in best.items()}
+    out["harness_vs_forward"] = round((best["to_numpy"] + best["compare"]) / min(t_ms), 4)
 
     # the parity CLI end to end on the same dump (checksums, weights, model build, capture, compare)
     from parity.compare import CompareOptions, compare_dump
@@ -542,13 +583,23 @@ def table(res: dict) -> str:
     rows = []
     m = res.get("metrics", {})
     if m:
-        rows.append(("metrics vs read-bandwidth probe", f"{m['metrics_vs_read_probe']:.2f} ({m['metrics_gbps']:.2f} / "
-                     f"{m['read_probe_gbps']:.2f} GB/s)", ">= 0.50", _met(m["metrics_vs_read_probe"], 0.5, ">=")))
+        rows.append((f"verdict metrics ({m.get('threads', 1)} threads) vs read-bandwidth probe",
+                     f"{m['metrics_vs_read_probe']:.2f} ({m['metrics_gbps']:.2f} / {m['read_probe_gbps']:.2f} GB/s)",
+                     ">= 0.60", _met(m["metrics_vs_read_probe"], 0.6, ">=")))
+        if "with_shown_vs_read_probe" in m:
+            rows.append(("metrics incl. p99 + max_rel (report) vs read probe",
+                         f"{m['with_shown_vs_read_probe']:.2f} ({m['with_shown_gbps']:.2f} GB/s)", "(info)", "—"))
     s = res.get("small", {})
     if s:
-        rows.append(("capture+compare overhead vs bare MS forward",
+        rows.append((f"capture+compare overhead vs bare MS forward ({s['ms_mode']})",
                      f"{s['capture_overhead']:.3f}x ({s['ms_capture_compare_s']:.2f} / {s['ms_forward_s']:.2f} s)",
                      "<= 1.15", _met(s["capture_overhead"], 1.15, "<=")))
+        if "capture_overhead_pynative" in s:
+            rows.append(("capture+compare overhead, PyNative (what parity compare runs)",
+                         f"{s['capture_overhead_pynative']:.3f}x (harness share {s['harness_vs_forward']:.3f}: "
+                         f"to_numpy {s['harness_in_capture_s']['to_numpy']:.3f} s, compare "
+                         f"{s['harness_in_capture_s']['compare']:.3f} s)", "<= 1.15",
+                         _met(s["capture_overhead_pynative"], 1.15, "<=")))
         lim = 1.25 * s["ms_vs_torch_matmul"]
         rows.append((f"MS vs torch forward ({s['ms_mode']}, softmax {s.get('ms_attention_softmax', '?')})",
                      f"{s['ms_vs_torch_forward']:.2f}x ({s['ms_forward_s']:.2f} / {s['torch_forward_s']:.2f} s)",
@@ -637,6 +688,7 @@ def main(argv=None) -> int:
     res["metrics_vs_read_probe"] = res.get("metrics", {}).get("metrics_vs_read_probe")
     s = res.get("small", {})
     res["capture_overhead"] = s.get("capture_overhead")
+    res["capture_overhead_pynative"] = s.get("capture_overhead_pynative")
     res["ms_vs_torch_forward"] = s.get("ms_vs_torch_forward")
     res["ms_vs_torch_matmul"] = s.get("ms_vs_torch_matmul")
     res["ms_mode"] = s.get("ms_mode")
@@ -652,7 +704,8 @@ def main(argv=None) -> int:
     budgets = [r["budget_gb"] for r in runs.values() if "error" not in r]
     res["real_size_budget_gb"] = budgets[0] if budgets else None
     res["real_size_target_met"] = (all(r.get("within_budget", False) for r in runs.values()) if runs else None)
-    res["targets"] = {"metrics_vs_read_probe": ">= 0.5", "capture_overhead": "<= 1.15",
+    res["targets"] = {"metrics_vs_read_probe": ">= 0.6", "capture_overhead": "<= 1.15",
+                      "capture_overhead_pynative": "<= 1.15",
                       "ms_vs_torch_forward": "<= 1.25 x ms_vs_torch_matmul",
                       "real_size_peak_rss_gb": "absolute VmHWM, max of the frameworks (information)",
                       "real_size_peak_above_baseline_gb": "<= real_size_budget_gb = weights + 3 hidden states, "

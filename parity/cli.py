@@ -318,7 +318,7 @@ def cmd_compare(args) -> int:
         opts = CompareOptions(modes=modes, device=args.device, precision=args.precision, probes=args.probes,
                               tolerance_file=args.tolerances, subject=args.subject, subject_path=args.subject_path,
                               subject_options=args.subject_option, against=args.against,
-                              progress=not args.no_progress and _stderr_is_tty())
+                              progress=not args.no_progress and _stderr_is_tty(), shown_metrics=bool(args.report))
         result = compare_dump(path, opts)
         if baseline is not None:
             apply_baseline(result, baseline)
@@ -358,6 +358,7 @@ def _num(x) -> str:
 
 
 def _print_result(result: dict, verbose: bool) -> None:
+    from parity.metrics import format_cosine
     probes = result["probes"]
     n_pass = sum(p["passed"] for p in probes)
     status = "PASS" if result["passed"] else "FAIL"
@@ -372,7 +373,7 @@ def _print_result(result: dict, verbose: bool) -> None:
     w = max([len(p["name"]) for p in probes] + [5])
     print(f"  {'probe':<{w}} {'mode':<11} {'max abs':>9} {'mean abs':>9} {'cosine':>10} {'atol':>8} {'rtol':>8}  ok")
     for p in probes:
-        cos = "—" if p["cosine"] is None else f"{p['cosine']:.7f}"
+        cos = format_cosine(p["cosine"])
         print(f"  {p['name']:<{w}} {p['mode']:<11} {_num(p['max_abs']):>9} {_num(p['mean_abs']):>9} {cos:>10} "
               f"{_num(p['atol']):>8} {_num(p['rtol']):>8}  {'ok' if p['passed'] else 'FAIL'}")
     for p in result.get("not_evaluated", []):

@@ -30,7 +30,7 @@ import numpy as np
 from parity.adapters import compare_mask_meaning, get_adapter
 from parity.errors import ParityError, ReferenceProblem
 from parity.families import get_family
-from parity.metrics import compute_metrics
+from parity.metrics import compute_metrics, mismatch_message
 from parity.plugins import load_plugin, parse_options
 from parity.plugins.contract import StepNotRun
 from parity.probemap import MODES, Probe, capture_items
@@ -59,6 +59,7 @@ class CompareOptions:
     subject_patch: Callable[[Any], Any] | None = None   # model -> context manager (deliberately wrong variants)
     against: str | None = None            # a subject dump (parity run-subject) to judge instead of running a subject
     progress: bool = True
+    shown_metrics: bool = True   # p99_abs and max_rel of passing probes too (a second pass each); else None
     verify_checksums: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -91,8 +92,9 @@ def resolve_subject(opts: CompareOptions, reference_path: str | None = None):
 class _Evaluator:
     """Compares one probe at a time and keeps only the verdict and metrics."""
 
-    def __init__(self, dump, probes: list[Probe], profiles, precision, context, adapters, progress):
+    def __init__(self, dump, probes: list[Probe], profiles, precision, context, adapters, progress, shown=True):
         self.dump = dump
+        self.shown = shown
         self.probes = {p.name: p for p in probes}
         self.profiles = profiles
         self.precision = precision
@@ -110,7 +112,7 @@ class _Evaluator:
     def lowp_error(self, name: str) -> float:
         if name not in self._lowp_err:
             ref32, ref = self._reference(name, "state_fp32"), self._reference(name)
-            m = compute_metrics(ref32, ref, atol=0.0, rtol=0.0, name=name)
+            m = compute_metrics(ref32, ref, atol=0.0, rtol=0.0, name=name, shown=False)
             release_pages(ref32)
             release_pages(ref)
             self._lowp_err[name] = float(m.max_abs)
@@ -150,10 +152,12 @@ class _Evaluator:
             lowp = self.lowp_error(name)
             bound = tol.relative.k * lowp + tol.relative.floor
             ref32 = self._reference(name, "state_fp32")
-            metrics = compute_metrics(ref32, sub, atol=bound, rtol=0.0, name=name)
-            release_pages(ref32)
+            metrics = compute_metrics(ref32, sub, atol=bound, rtol=0.0, name=name, shown=self.shown)
             finite = metrics.nan_sub == 0 and metrics.inf_sub == 0
             passed = bool(finite and relative_passed(metrics.max_abs, lowp, tol.relative))
+            if not passed and not self.shown:  # a failing probe is always shown in full
+                metrics = compute_metrics(ref32, sub, atol=bound, rtol=0.0, name=name)
+            release_pages(ref32)
             atol, rtol, criterion = bound, 0.0, "relative"
             msg = ("" if passed else
                    f"probe {name} ({mode}): error vs the torch fp32 run {metrics.max_abs:.3g} exceeds "
@@ -161,11 +165,15 @@ class _Evaluator:
                    f"= {bound:.3g} (profile {self.precision}/{probe.probe_class}/{mode}, relative); "
                    f"nan={metrics.nan_sub} inf={metrics.inf_sub}")
         else:
-            metrics = compute_metrics(ref, sub, atol=tol.atol, rtol=tol.rtol, name=name)
+            metrics = compute_metrics(ref, sub, atol=tol.atol, rtol=tol.rtol, name=name, shown=self.shown)
             finite = metrics.nan_sub == 0 and metrics.inf_sub == 0
             passed = bool(finite and metrics.n_outside == 0)
+            if not passed and not self.shown:  # a failing probe is always shown in full
+                metrics = compute_metrics(ref, sub, atol=tol.atol, rtol=tol.rtol, name=name)
             atol, rtol, criterion = tol.atol, tol.rtol, "absolute"
-            msg = "" if passed else _mismatch_message(name, mode, probe, metrics, tol, self.precision)
+            msg = "" if passed else mismatch_message(
+                metrics, context=f"profile {self.precision}/{probe.probe_class}/{mode}",
+                where=f"reference: {probe.reference_path} | subject: {probe.subject_path}")
         self._record(mode, probe, metrics, tol, passed, criterion, msg, atol=atol, rtol=rtol, lowp=lowp)
 
     def _meaning_probe(self, mode: str, probe: Probe, sub: np.ndarray) -> None:
@@ -224,24 +232,6 @@ class _Evaluator:
         self.results[(mode, probe.name)] = entry
         if self.progress is not None:
             self.progress.update(1, f"{mode} {probe.name}")
-
-
-def _fmt_index(idx) -> str:
-    return "(" + ", ".join(str(int(i)) for i in idx) + ")" if idx is not None else "?"
-
-
-def _mismatch_message(name, mode, probe: Probe, m, tol, precision) -> str:
-    head = (f"Not equal to tolerance rtol={tol.rtol:g}, atol={tol.atol:g} (profile {precision}/{probe.probe_class}/"
-            f"{mode}) — probe {name}: mismatched elements: {m.n_outside} / {m.n} ({100 * m.frac_outside:.4g}%)")
-    lines = [head,
-             f"Max absolute difference: {m.max_abs:.6g} at index {_fmt_index(m.argmax_abs)}: "
-             f"ref={m.ref_at_max:.7g} sub={m.sub_at_max:.7g}",
-             f"Max relative difference: {m.max_rel:.6g}",
-             f"Minimal passing atol at rtol={tol.rtol:g}: {m.min_passing_atol:.6g}",
-             f"reference: {probe.reference_path} | subject: {probe.subject_path}"]
-    if m.nan_sub or m.inf_sub:
-        lines.append(f"subject has {m.nan_sub} NaN and {m.inf_sub} Inf values (never zeroed out)")
-    return "\n".join(lines)
 
 
 def _select(probes: list[Probe], dump, dump_path: str, patterns) -> list[Probe]:
@@ -305,7 +295,8 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     produced = [p for p in probes if p.subject.capture is not None or (p.name in plan and "isolated" in opts.modes)]
     progress = Progress(len(produced) * len(opts.modes), f"compare {os.path.basename(os.path.normpath(dump_path))}",
                         enabled=opts.progress)
-    evaluator = _Evaluator(dump, probes, profiles, dump.precision, context, run.adapters, progress)
+    evaluator = _Evaluator(dump, probes, profiles, dump.precision, context, run.adapters, progress,
+                           shown=opts.shown_metrics)
     model = run.build(weights, dump.precision, opts.device, plugin_options)
     del weights
     not_evaluated: list[dict] = []

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from parity.errors import ParityError, shown
-from parity.metrics import format_number
+from parity.metrics import format_cosine, format_number
 
 SCHEMA = "opensora-parity/report@2"
 _UPGRADABLE = {"opensora-parity/report@1": {"torch_path": "reference_path", "ms_path": "subject_path"}}
@@ -237,19 +237,6 @@ def _f(x: Any) -> str:
     return format_number(_num(x)) if x is not None else "—"
 
 
-def _fcos(x: Any) -> str:
-    if x is None:
-        return "—"
-    c = float(_num(x))
-    if math.isnan(c):
-        return "NaN"
-    if c == 1.0:
-        return "1"
-    if 0.999 < c < 1.0:
-        return f"1−{1.0 - c:.1e}"
-    return f"{c:.6f}"
-
-
 def _shape(s: Any) -> str:
     if s is None:
         return "—"
@@ -330,7 +317,7 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
             mark += " ↑base"
         out.append(f"| {_code(p.get('name', '?'))} | {_cell(p.get('mode', ''))} | {_shape(p.get('shape'))} | "
                    f"{_f(p.get('max_abs'))} | {_f(p.get('mean_abs'))} | {_f(p.get('max_rel'))} | "
-                   f"{_fcos(p.get('cosine'))} | {_f(p.get('atol'))} | {_f(p.get('rtol'))} | {mark} |")
+                   f"{format_cosine(_num(p.get('cosine')))} | {_f(p.get('atol'))} | {_f(p.get('rtol'))} | {mark} |")
     if not result.get("probes"):
         out.append("| (no probes) | | | | | | | | | |")
     out.append("")

@@ -1,8 +1,9 @@
-"""parity.metrics against straightforward full-array numpy formulas."""
+"""parity.metrics against straightforward full-array numpy formulas, on every thread count and schedule."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,27 +13,27 @@ from hypothesis import strategies as st
 from parity.errors import ParityError
 from parity.metrics import (
     Metrics,
-    compare_close,
     compute_metrics,
+    format_cosine,
     format_number,
-    metrics_throughput,
+    mismatch_message,
     passed,
-    read_bandwidth_probe,
 )
+from parity.metrics.throughput import metrics_throughput, read_bandwidth_probe
 
 
 # ----------------------------------------------------------------------------------------------------------
-# every test runs with both versions of the per-chunk arithmetic (parity.fused): the compiled loop and the
-# numpy calls; every exact metric must come out the same
+# every test runs with both versions of the per-chunk arithmetic (parity.metrics.fused): the compiled loops and
+# the numpy calls; every exact metric must come out the same
 
 @pytest.fixture(autouse=True, params=["compiled", "numpy"])
 def chunk_kernel(request, monkeypatch):
-    from parity import fused
+    from parity.metrics import fused
 
     if request.param == "numpy":
         monkeypatch.setattr(fused, "_compiled", False)
     else:
-        assert fused._kernel(), "numba is a dependency: the compiled chunk loop must be available"
+        assert fused._kernels(), "numba is a dependency: the compiled chunk loops must be available"
     return request.param
 
 
@@ -184,8 +185,8 @@ def test_nan_inf_different_positions_and_one_side(chunk):
     assert not m.nonfinite_match and m.n_outside == 4 and m.first_nonfinite_mismatch == (1, 2)
     # the finite metrics ignore the non-finite positions but are not zeroed out
     assert m.max_abs > 0 and math.isfinite(m.max_abs) and m.n_compared == 196
-    ok, _, msg = compare_close(r, s, 1e-2, 1e-2, "p")
-    assert not ok and "NaN/Inf" in msg.splitlines()[0] and "first at index (1, 2)" in msg
+    msg = mismatch_message(m, context="profile test", where="torch: a | ms: b")
+    assert msg.splitlines()[-1] == "subject has 1 NaN and 2 Inf values (never zeroed out)"
 
 
 def test_all_nonfinite():
@@ -333,24 +334,29 @@ def test_errors():
         pytest.fail("compute_metrics accepted arrays of shapes (2, 3) and (6,)")
 
 
-def test_compare_close_message():
+def test_mismatch_message_numpy_testing_style():
     rng = np.random.default_rng(10)
     r = rng.standard_normal((64, 4, 60)).astype(np.float32)
     s = r.copy()
     s[12, 0, 7] += 3.1e-4
     s[1, 1, 1] += 2e-5
-    ok, m, msg = compare_close(r, s, 1e-6, 1e-5, "hidden_states_2_block",
-                               context="profile fp32/block/accumulated")
-    assert not ok and not passed(m)
-    lines = msg.splitlines()
-    first = lines[0]
-    assert first.startswith("probe hidden_states_2_block: Not equal to tolerance rtol=1e-05, atol=1e-06")
-    assert "(profile fp32/block/accumulated)" in first and "2 / 15360 mismatched" in first
-    assert any(line.startswith("Max absolute difference: 3.1e-04 at index (12, 0, 7): ref=") for line in lines)
-    assert any(line.startswith("Minimal passing atol at rtol=1e-05: ") for line in lines)
-    assert "Mismatched elements: 2 / 15360 (0.013%)" in msg
-    ok, m, msg = compare_close(r, r.copy(), 1e-6, 1e-5, "x")
-    assert ok and "\n" not in msg and msg.startswith("probe x: within tolerance")
+    m = compute_metrics(r, s, atol=1e-6, rtol=1e-5, name="hidden_states_2_block")
+    assert not passed(m)
+    msg = mismatch_message(m, context="profile fp32/block/accumulated", where="torch: t.2 | ms: m.2")
+    assert msg.splitlines() == [
+        "Not equal to tolerance rtol=1e-05, atol=1e-06 (profile fp32/block/accumulated) — probe "
+        "hidden_states_2_block: mismatched elements: 2 / 15360 (0.01302%)",
+        f"Max absolute difference: {m.max_abs:.6g} at index (12, 0, 7): ref={r[12, 0, 7]:.7g} sub={s[12, 0, 7]:.7g}",
+        f"Max relative difference: {m.max_rel:.6g}",
+        f"Minimal passing atol at rtol=1e-05: {m.min_passing_atol:.6g}",
+        "torch: t.2 | ms: m.2"]
+    # without the shown metrics the relative line is left out; with no compared position, every difference line
+    quick = compute_metrics(r, s, atol=1e-6, rtol=1e-5, name="x", shown=False)
+    assert "Max relative" not in mismatch_message(quick, context="c", where="w")
+    nan = np.full(4, np.nan, np.float32)
+    m = compute_metrics(np.zeros(4, np.float32), nan, atol=0, rtol=0, name="y")
+    assert mismatch_message(m, context="c", where="w").splitlines()[1:] == [
+        "w", "subject has 4 NaN and 0 Inf values (never zeroed out)"]
 
 
 def test_to_dict_and_format_number():
@@ -362,11 +368,14 @@ def test_to_dict_and_format_number():
                       "nonfinite_match", "finite_ok"}
     assert [format_number(x) for x in (0, 0.5312, 3.1e-4, float("nan"), float("inf"), None, 12345.0)] == \
         ["0", "0.5312", "3.1e-04", "NaN", "inf", "—", "1.2e+04"]
+    assert [format_cosine(x) for x in (1.0, 1 - 3.2e-14, 0.99876543, -0.5, float("nan"), None)] == \
+        ["1", "1−3.2e-14", "0.998765", "-0.500000", "NaN", "—"]
 
 
 def test_throughput_helpers_run():
     assert read_bandwidth_probe(nbytes=4_000_000, repeats=2) > 0
     assert metrics_throughput(200_000, repeats=1) > 0
+    assert metrics_throughput(200_000, repeats=1, shown=True) > 0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -404,8 +413,7 @@ def test_property_matches_reference(data, chunk, atol, rtol):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the fast paths of the chunked pass: word scans (chunk lengths that are multiples of 8), candidate queue,
-# p99 band (sampled first chunk, narrowing, degenerate band, fallback pass), running rel floor
+# large probes: many chunks, fast and masked chunks side by side, the sampled p99 band and its fallback pass
 
 def _big_pair(rng, n, noise=1e-6, dtype=np.float32):
     r = rng.standard_normal(n).astype(dtype)
@@ -440,17 +448,74 @@ def test_large_probe_half_failing_and_dense_chunks():
     check(m, r, s2, 1e-5, 0)
 
 
-def test_candidate_queue_flushes(monkeypatch):
-    from parity import metrics as mod
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_results_do_not_depend_on_threads_or_schedule(threads, monkeypatch):
+    """Every chunk leaves its own row; rows combine in chunk order: the same bits for any thread count and any
+    order the chunks are worked on (here: reversed)."""
+    from parity.metrics import verdict
 
     rng = np.random.default_rng(20)
     r, s = _big_pair(rng, 300_000)
     s[rng.random(r.size) < 0.005] += 1e-4
+    s[[7, 200_000]] = 0.5 + r[[7, 200_000]]  # a tie for the maximum, in different chunks
+    r[150_000] = np.nan
+    monkeypatch.setenv("PARITY_METRICS_THREADS", "1")
     want = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768)
-    monkeypatch.setattr(mod, "_QUEUE", 16)
-    got = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768)
-    assert got == want
-    check(got, r, s, 1e-5, 1e-5)
+    monkeypatch.setenv("PARITY_METRICS_THREADS", threads)
+    assert compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768) == want
+    check(want, r, s, 1e-5, 1e-5)
+    assert want.argmax_abs == (7,)
+
+    def backwards(n_chunks, work):
+        for c in reversed(range(n_chunks)):
+            work(c)
+    monkeypatch.setattr(verdict, "for_each_chunk", backwards)
+    import parity.metrics.shown as shown_mod
+    monkeypatch.setattr(shown_mod, "for_each_chunk", backwards)
+    assert compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768) == want
+
+
+def test_shown_metrics_only_when_asked():
+    rng = np.random.default_rng(23)
+    r, s = _big_pair(rng, 200_000)
+    full = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768)
+    quick = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768, shown=False)
+    assert quick.p99_abs is None and quick.max_rel is None
+    assert quick == replace(full, p99_abs=None, max_rel=None)
+    check(full, r, s, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("cap", [1, 50, 5000])
+def test_p99_narrowed_by_bit_pattern_histograms(cap, monkeypatch):
+    """More values in the band than may be held (or a missed band): the interval holding the rank is narrowed by
+    histograms of the bit patterns, down to a single value if need be."""
+    from parity.metrics import shown
+
+    monkeypatch.setattr(shown, "_cap", lambda n: cap)
+    monkeypatch.setattr(shown, "_KEEP_ALL", 1000)
+    rng = np.random.default_rng(25)
+    r, s = _big_pair(rng, 120_000)
+    q = (r + np.float32(2 ** -20) * rng.integers(-3, 4, r.size).astype(np.float32)).astype(np.float32)
+    r2 = r.astype(np.float64)
+    s2 = r2 + 1e-3 * rng.standard_normal(r.size) * np.linspace(0, 1, r.size) ** 4
+    for a, b in ((r, s), (r, q), (r, r.copy()), (r2, s2)):
+        m = compute_metrics(a, b, atol=1, rtol=0, chunk_elems=16384)
+        check(m, a, b, 1, 0)
+
+
+@pytest.mark.parametrize("band", [(0.0, 1e-9), (5e-2, 6e-2), (1e-3, 1e-3), (0.0, 0.0)])
+def test_p99_when_the_sampled_band_misses(band, monkeypatch):
+    """A band that does not hold the rank (a sample that does not represent the data): below it, above it,
+    degenerate; the narrowing passes still find the exact p99."""
+    from parity.metrics import shown
+
+    monkeypatch.setattr(shown, "_band_from_sample", lambda vp, k: band)
+    rng = np.random.default_rng(24)
+    r = rng.standard_normal(200_000).astype(np.float32)
+    s = (r + 1e-2 * rng.standard_normal(r.size)).astype(np.float32)
+    s[:50_000] = r[:50_000]  # a quarter of exact zeros: ties at lo = 0
+    m = compute_metrics(r, s, atol=1, rtol=0, chunk_elems=32768)
+    check(m, r, s, 1, 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -543,20 +608,6 @@ def test_p99_band_identical_quantized_and_nonstationary():
         check(m, r, s, 1, 0)
 
 
-def test_word_scan_without_float64_words(monkeypatch):
-    """With denormals-are-zero active the masks are scanned as uint32 words; same results."""
-    from parity import metrics as mod
-
-    rng = np.random.default_rng(18)
-    r, s = _big_pair(rng, 200_000)
-    s[rng.random(r.size) < 0.01] += 1e-4
-    want = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768)
-    monkeypatch.setattr(mod, "_word_view", lambda: (np.dtype(np.uint32), 4))
-    got = compute_metrics(r, s, atol=1e-5, rtol=1e-5, chunk_elems=32768)
-    assert got == want
-    check(got, r, s, 1e-5, 1e-5)
-
-
 def test_floor_underflowing_to_zero_follows_the_plain_formula():
     """1e-3·max|ref| below the float32 range rounds to 0, exactly as in the reference formula."""
     r = np.array([6.586e-44], np.float32)
@@ -593,7 +644,7 @@ def test_fast_path_on_converted_and_strided_sources(tmp_path):
 
 
 def test_compiled_and_numpy_chunk_arithmetic_agree(monkeypatch):
-    from parity import fused
+    from parity.metrics import fused
 
     rng = np.random.default_rng(21)
     r, s = _big_pair(rng, 300_000)
@@ -614,7 +665,7 @@ def test_compiled_and_numpy_chunk_arithmetic_agree(monkeypatch):
 
 
 def test_chunk_sums_max_abs_ref_from_bits():
-    from parity.fused import chunk_sums, chunk_sums_numpy
+    from parity.metrics.fused import chunk_sums, chunk_sums_numpy
 
     for dt in (np.float32, np.float64):
         r = np.array([0.5, -7.25, 3.0, -0.0, 6.5], dt)
