@@ -334,6 +334,7 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     result["not_applicable"] = not_applicable
     if dump.stats_only:
         result["comparison"] = "stats-only"
+    notes += [f"subject: {note}" for note in result["subject"].get("notes") or []]   # the plug-in's (describe())
     if notes:
         result["notes"] = notes
     return result
