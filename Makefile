@@ -11,7 +11,7 @@ MSPROBE_VENV    := .venv-msprobe
 MSPROBE_MS_VENV := .venv-msprobe-ms
 MSPROBE_FIXTURE_CASE ?= tiny-sparse
 
-.PHONY: setup test parity dump-reference bench fuzz clean msprobe-venv msprobe-ms-venv msprobe-fixtures
+.PHONY: setup test test-checkouts parity dump-reference bench fuzz clean msprobe-venv msprobe-ms-venv msprobe-fixtures
 
 setup: $(STAMP)
 
@@ -28,6 +28,25 @@ $(STAMP): pyproject.toml
 test: setup
 	@mkdir -p $(REPORTS)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --junitxml=$(REPORTS)/junit.xml --parity-report $(REPORTS)/pytest
+
+# The plug-ins that load a user's checkout are tested here, not in `make test`, each in a venv of its own with its
+# extra (their pins conflict: mindone's model imports huggingface_hub's DDUFEntry, >= 0.27, while upstream's
+# diffusers 0.30.2 needs huggingface_hub 0.24.6). PARITY_MINDONE_PATH (and PARITY_UPSTREAM_PATH, for the upstream
+# plug-in's tests) name the checkouts; tests whose checkout is not named are reported as skipped, with that reason:
+#   make test-checkouts PARITY_MINDONE_PATH=~/src/mindone
+MINDONE_VENV := .venv-mindone
+PARITY_MINDONE_PATH ?=
+
+$(MINDONE_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(MINDONE_VENV)
+	$(MINDONE_VENV)/bin/pip install -q --upgrade pip
+	$(MINDONE_VENV)/bin/pip install -q "mindspore==2.10.0" "numpy<2" "numba==0.68.1"
+	$(MINDONE_VENV)/bin/pip install -q -e ".[dev,mindone]"
+	touch $@
+
+test-checkouts: $(MINDONE_VENV)/.installed
+	PARITY_MINDONE_PATH="$(PARITY_MINDONE_PATH)" $(MINDONE_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider \
+	  ms_impl/tests/test_mindone_plugin.py
 
 parity: setup
 	$(BIN)/parity compare $(DEFAULT_REFERENCE) --mode both --report $(REPORTS)

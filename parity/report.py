@@ -35,6 +35,8 @@ Top level::
         baseline_regressed (bool) set by apply_baseline
     not_evaluated      list    {"name", "mode", "why"}: isolated-mode probes that could not be fed
     not_applicable     list    {"name", "why"}: probes the subject does not produce (its overlay says why)
+    notes              list    (optional) one-line strings: stats-only caveats, and the subject plug-in's own
+                               notes (its describe()["notes"], e.g. runtime patches), prefixed "subject: "
     blocks             list    {"block": int, "probe": str, "isolated_max_abs": number|null,
                                 "accumulated_max_abs": number|null, "growth": number|null}
                                (growth = accumulated / isolated)

@@ -66,7 +66,8 @@ class ModelPlugin(Protocol):
 
     def describe(self) -> dict:
         """Provenance for manifests and reports: ``{"plugin", "framework", "versions": {...}, "source",
-        "git_commit"}`` (``source``/``git_commit`` when the model comes from a checkout)."""
+        "git_commit"}`` (``source``/``git_commit`` when the model comes from a checkout); optional ``notes``, a
+        list of one-line strings (e.g. runtime patches applied) that a comparison report shows as notes."""
 
     def overlay(self, family: str, config: dict):
         """The plug-in's overlay for ``family`` on this ``config`` (a dict, a JSON path or an ``Overlay``; None: it
