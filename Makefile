@@ -11,7 +11,11 @@ MSPROBE_VENV    := .venv-msprobe
 MSPROBE_MS_VENV := .venv-msprobe-ms
 MSPROBE_FIXTURE_CASE ?= tiny-sparse
 
-.PHONY: setup test test-checkouts parity dump-reference bench fuzz clean msprobe-venv msprobe-ms-venv msprobe-fixtures
+# the `upstream` reference plug-in needs upstream's pinned diffusers: a venv of its own, never .venv
+UPSTREAM_VENV := .venv-upstream
+
+.PHONY: setup test test-checkouts parity dump-reference bench fuzz clean msprobe-venv msprobe-ms-venv \
+        msprobe-fixtures upstream-venv test-upstream
 
 setup: $(STAMP)
 
@@ -92,6 +96,21 @@ msprobe-fixtures: msprobe-venv msprobe-ms-venv
 	PYTHONPATH=. $(MSPROBE_MS_VENV)/bin/python fixtures/msprobe/make_dumps.py mindspore \
 	  --reference fixtures/reference/$(MSPROBE_FIXTURE_CASE)-fp32 --config fixtures/msprobe/config_L0.json \
 	  --out fixtures/msprobe/mindspore-L0-$(MSPROBE_FIXTURE_CASE)-fp32
+
+# torch (CPU wheel, as .venv), upstream's diffusers 0.30.2 and einops, this package; no MindSpore
+upstream-venv: $(UPSTREAM_VENV)/.installed
+$(UPSTREAM_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(UPSTREAM_VENV)
+	$(UPSTREAM_VENV)/bin/pip install -q --upgrade pip
+	$(UPSTREAM_VENV)/bin/pip install -q "torch==2.13.0" "numpy<2" "numba==0.68.1"
+	$(UPSTREAM_VENV)/bin/pip install -q -e ".[dev,upstream]"
+	touch $@
+
+# the `upstream` plug-in's tests, against the Open-Sora-Plan checkout named by PARITY_UPSTREAM_PATH
+test-upstream: upstream-venv
+	@test -n "$(PARITY_UPSTREAM_PATH)" || { echo "make test-upstream: set PARITY_UPSTREAM_PATH to an Open-Sora-Plan checkout (v1.3, e.g. 9fa322fb)" >&2; exit 2; }
+	PARITY_UPSTREAM_PATH="$(PARITY_UPSTREAM_PATH)" $(UPSTREAM_VENV)/bin/python -m pytest -q -rs \
+	  reference_torch/tests/test_upstream_plugin.py
 
 clean:
 	rm -rf $(REPORTS) .pytest_cache .hypothesis
