@@ -9,14 +9,22 @@ import pytest
 
 torch = pytest.importorskip("torch", exc_type=ImportError)
 
-from ms_impl.mindone_euler_ancestral import MindoneEulerAncestral  # noqa: E402
 from parity.pipeline import loop as L, schedule as S, tolerances as T  # noqa: E402
 from parity.pipeline.toy import ToyDenoiser  # noqa: E402
 from parity.pipeline.variants import VARIANTS  # noqa: E402
-from reference_torch.euler_ancestral import DiffusersEulerAncestral  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.xdist_group("mindone")]
 SHAPE = (2, 4, 2, 4, 4)
+
+
+def MindoneEulerAncestral(*args):  # imported on use: only the worker running this group pays the imports
+    from ms_impl.mindone_euler_ancestral import MindoneEulerAncestral as cls
+    return cls(*args)
+
+
+def DiffusersEulerAncestral(*args):
+    from reference_torch.euler_ancestral import DiffusersEulerAncestral as cls
+    return cls(*args)
 STEPS = 10
 
 

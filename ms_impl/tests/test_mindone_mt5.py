@@ -11,14 +11,20 @@ torch = pytest.importorskip("torch", exc_type=ImportError)
 
 import mindspore as ms  # noqa: E402
 
-from ms_impl import mindone_mt5 as S  # noqa: E402
 from ms_impl.mindone_patches import SUBSTITUTIONS, relative_position_bucket_host  # noqa: E402
 from parity.errors import ParityError  # noqa: E402
 from parity.families import mt5_encoder as fam  # noqa: E402
 from parity.families.mt5_encoder.capture import capture_specs  # noqa: E402
-from reference_torch import mt5 as R  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.xdist_group("mindone")]
+
+
+def _glue():
+    """(subject glue, reference glue), imported on use: transformers and mindone.transformers take 10-20 s to
+    import, which only the worker running this group should pay, not every xdist worker at collection."""
+    from ms_impl import mindone_mt5
+    from reference_torch import mt5
+    return mindone_mt5, mt5
 
 # fp32: with both substitutions the worst measured block error is 1.7e-6 isolated, 2.9e-6 after 3 blocks.
 # fp16: both sides round each sub-layer to fp16 (wo and the residual in fp32); worst 2.3e-3 at |ref| ~ 5,
@@ -27,6 +33,7 @@ TOL = {"fp32": dict(atol=5e-6, rtol=1e-6), "fp16": dict(atol=4e-3, rtol=2e-3)}
 
 
 def _run(case_name, precision, substitutions):
+    S, R = _glue()
     case = fam.builtin_cases()[case_name]
     cfg = fam.parse_config(case.config)
     inputs = fam.normalize_inputs(case.make_inputs(), cfg)
@@ -84,6 +91,7 @@ def test_unpatched_gelu_tanh_is_the_fp32_block_error():
 
 
 def test_bf16_has_no_cpu_embedding_kernel():
+    S, R = _glue()
     case = fam.builtin_cases()["tiny-mt5"]
     cfg = fam.parse_config(case.config)
     model = S.build_model(cfg, R.random_weights(cfg, 0), "bf16")
@@ -92,6 +100,7 @@ def test_bf16_has_no_cpu_embedding_kernel():
 
 
 def test_unknown_substitution_is_refused():
+    S, R = _glue()
     case = fam.builtin_cases()["tiny-mt5"]
     cfg = fam.parse_config(case.config)
     with pytest.raises(ParityError, match="unknown mindone substitution"):

@@ -9,24 +9,30 @@ import torch
 
 from parity.families import mt5_encoder as fam
 from parity.families.mt5_encoder.capture import capture_specs
-from reference_torch import mt5 as R
 
 pytestmark = [pytest.mark.torch, pytest.mark.xdist_group("mindone")]
 
 
-def test_family_shapes_equal_transformers_on_meta_device():
+@pytest.fixture(scope="module")
+def R():
+    """transformers takes ~10 s to import: only the worker running this group pays it, not every collector."""
+    from reference_torch import mt5
+    return mt5
+
+
+def test_family_shapes_equal_transformers_on_meta_device(R):
     for cfg in [fam.released_xxl_config()] + [fam.parse_config(c.config) for c in fam.builtin_cases().values()]:
         assert R.meta_state_dict_shapes(cfg) == fam.expected_state_dict_shapes(cfg)
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(R):
     case = fam.builtin_cases()["tiny-mt5"]
     cfg = fam.parse_config(case.config)
     return cfg, R.random_weights(cfg, case.weights_seed), fam.normalize_inputs(case.make_inputs(), cfg)
 
 
-def test_fp16_keeps_wo_in_fp32_and_promotes_the_residual(tiny):
+def test_fp16_keeps_wo_in_fp32_and_promotes_the_residual(R, tiny):
     cfg, weights, inputs = tiny
     model = R.build_model(cfg, weights, "fp16")
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
@@ -40,7 +46,7 @@ def test_fp16_keeps_wo_in_fp32_and_promotes_the_residual(tiny):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_capture_is_bit_identical_and_steps_reproduce_it(tiny, precision):
+def test_capture_is_bit_identical_and_steps_reproduce_it(R, tiny, precision):
     cfg, weights, inputs = tiny
     model = R.build_model(cfg, weights, precision)
     plain = R.forward(model, inputs)
