@@ -9,9 +9,10 @@ does not compute transformers' relative-position buckets on CPU (MindSpore's fp3
   dtype=...)`` — the loading path mindone's Open-Sora-Plan pipeline uses (``from_pretrained(..., mindspore_dtype=
   fp16)``), which keeps ``wo`` in fp32 for fp16 (``_keep_in_fp32_modules``) like transformers. ``weights`` are
   transformers' state-dict names (``shared.weight`` ...); mindone maps embeddings to ``embedding_table`` itself.
-* ``forward(model, inputs, specs=None, on_probe=None)``: ``last_hidden_state`` as numpy, capturing ``specs``.
+* ``forward(model, inputs, specs=None, on_probe=None)``: ``last_hidden_state`` as numpy in its own dtype (fp16
+  stays fp16), capturing ``specs`` into ``on_probe(name, array, dtype_name)`` (float32 arrays, as ``MsCapture``).
 * ``run_step(model, step, teacher)``: one step of the family's ``teacher_plan`` on teacher tensors (numpy, used at
-  their own dtype).
+  their own dtype); the result in its own dtype.
 
 The caller sets up the MindSpore context (PyNative; ``ms_impl.harness.setup_context``).
 """
@@ -26,7 +27,7 @@ import mindspore as ms
 from transformers import MT5Config
 from mindone.transformers.models.mt5.modeling_mt5 import MT5EncoderModel
 
-from parity.capture_ms import MsCapture, to_numpy
+from parity.capture_ms import MsCapture
 from parity.errors import ParityError
 from parity.families.mt5_encoder.config import MT5EncoderConfig
 from parity.teacher import TeacherStep
@@ -70,6 +71,13 @@ def build_model(config, weights: Mapping[str, np.ndarray], precision: str = "fp3
     return model
 
 
+def _numpy(value: ms.Tensor) -> np.ndarray:
+    """A copy in the tensor's own dtype (numpy has no bfloat16: bf16 becomes its exact float32)."""
+    if value.dtype == ms.bfloat16:
+        value = value.astype(ms.float32)
+    return np.array(value.asnumpy(), copy=True)
+
+
 def forward(model: MT5EncoderModel, inputs: Mapping[str, np.ndarray], specs=None,
             on_probe: Callable[[str, np.ndarray, str], None] | None = None) -> np.ndarray:
     ids = ms.Tensor(np.ascontiguousarray(inputs["input_ids"], dtype=np.int64))
@@ -79,7 +87,7 @@ def forward(model: MT5EncoderModel, inputs: Mapping[str, np.ndarray], specs=None
             out = model(input_ids=ids, attention_mask=mask)
     else:
         out = model(input_ids=ids, attention_mask=mask)
-    return to_numpy(out[0])
+    return _numpy(out[0])
 
 
 def _tensor(arr) -> ms.Tensor:
@@ -102,4 +110,4 @@ def run_step(model: MT5EncoderModel, step: TeacherStep, teacher: Mapping[str, np
         out = enc.dropout(enc.final_layer_norm(_tensor(teacher["hidden_states"])))
     else:
         raise ParityError(f"step {step.probe}: unknown mT5 step kind {step.kind!r}")
-    return to_numpy(out)
+    return _numpy(out)

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .noise import NoiseReplay
+from .noise import NoiseReplay, draw
 from .schedule import GUIDANCE_SCALE
 
 # What each step records, in data-flow order.
@@ -107,7 +107,6 @@ def make_noise(seed: int, shape: tuple, num_steps: int, dtype, init_noise_sigma:
     """Initial latents (``randn * init_noise_sigma`` in ``dtype``, as ``prepare_latents``) and one ancestral draw
     per step, from one numpy generator."""
     rng = np.random.default_rng(seed)
-    from .noise import draw
     base = draw(rng, shape, dtype)
     initial = (base * np.asarray(init_noise_sigma, dtype=np.float32)).astype(dtype)
     return initial, [draw(rng, shape, dtype) for _ in range(num_steps)]
