@@ -58,6 +58,34 @@ def guide(uncond: np.ndarray, text: np.ndarray, guidance_scale: float) -> np.nda
     return uncond + guidance_scale * (text - uncond)
 
 
+def run_step(model: Callable[..., np.ndarray] | None, scheduler, k: int, latents: np.ndarray, noise: np.ndarray, *,
+             options: LoopOptions = LoopOptions(), model_kwargs: dict | None = None,
+             predictions: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Denoising step ``k`` from ``latents`` with the ancestral draw ``noise``; returns its record.
+
+    ``predictions=(uncond, text)`` skips the model (the reference's predictions in per-step mode). Steps of one
+    scheduler adapter run in order (it counts steps like the library schedulers do)."""
+    latents = np.asarray(latents)
+    rec = {"latents_in": latents}
+    model_input = np.concatenate([latents, latents], axis=0)
+    if options.scale_model_input:
+        model_input = scheduler.scale_model_input(model_input, k)
+    else:
+        scheduler.scale_model_input(latents, k)  # keeps the scheduler's step bookkeeping; result unused
+    rec["model_input"] = model_input
+    rec["timestep"] = np.full((model_input.shape[0],), scheduler.timesteps[k], dtype=latents.dtype)
+    if predictions is not None:
+        uncond, text = (np.asarray(p) for p in predictions)
+    else:
+        pred = np.asarray(model(model_input, rec["timestep"], **(model_kwargs or {})))
+        first, second = np.split(pred, 2, axis=0)
+        uncond, text = (first, second) if options.negative_first else (second, first)
+    rec["noise_pred_uncond"], rec["noise_pred_text"] = uncond, text
+    rec["noise_pred"] = guide(uncond, text, options.guidance_scale)
+    rec["latents_out"] = scheduler.step(rec["noise_pred"], k, latents, np.asarray(noise))
+    return rec
+
+
 def run_cfg_loop(model: Callable[..., np.ndarray], scheduler, initial_latents: np.ndarray,
                  noise: "Sequence[np.ndarray] | NoiseReplay", *, options: LoopOptions = LoopOptions(),
                  model_kwargs: dict | None = None, teacher: Sequence[dict] | None = None,
@@ -74,29 +102,15 @@ def run_cfg_loop(model: Callable[..., np.ndarray], scheduler, initial_latents: n
     if teacher_predictions and teacher is None:
         raise ValueError("teacher_predictions needs teacher records")
     replay = noise if isinstance(noise, NoiseReplay) else NoiseReplay(noise)
-    kwargs = model_kwargs or {}
     latents = np.asarray(initial_latents)
     records = []
     for k in range(steps):
         if teacher is not None:
             latents = np.asarray(teacher[k]["latents_in"])
-        rec = {"latents_in": latents}
-        model_input = np.concatenate([latents, latents], axis=0)
-        if options.scale_model_input:
-            model_input = scheduler.scale_model_input(model_input, k)
-        else:
-            scheduler.scale_model_input(latents, k)  # keeps the scheduler's step bookkeeping; result unused
-        rec["model_input"] = model_input
-        rec["timestep"] = np.full((model_input.shape[0],), scheduler.timesteps[k], dtype=latents.dtype)
-        if teacher_predictions:
-            uncond, text = (np.asarray(teacher[k][r]) for r in PREDICTION_RECORDS)
-        else:
-            pred = np.asarray(model(model_input, rec["timestep"], **kwargs))
-            first, second = np.split(pred, 2, axis=0)
-            uncond, text = (first, second) if options.negative_first else (second, first)
-        rec["noise_pred_uncond"], rec["noise_pred_text"] = uncond, text
-        rec["noise_pred"] = guide(uncond, text, options.guidance_scale)
-        rec["latents_out"] = latents = scheduler.step(rec["noise_pred"], k, latents, replay.next(latents.shape))
+        predictions = tuple(teacher[k][r] for r in PREDICTION_RECORDS) if teacher_predictions else None
+        rec = run_step(model, scheduler, k, latents, replay.next(latents.shape), options=options,
+                       model_kwargs=model_kwargs, predictions=predictions)
+        latents = rec["latents_out"]
         records.append(rec)
         if on_step is not None:
             on_step(k, rec)

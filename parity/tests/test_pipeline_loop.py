@@ -103,3 +103,21 @@ def test_latents_are_compared_in_model_input_units():
     assert T.latent_scale("latents_out", 9, sig) == 1.0 and T.latent_scale("model_input", 0, sig) == 1.0
     atol, rtol = T.allowed("noise_pred", "fp32", "per_step", 7.5)
     assert atol == pytest.approx(14 * T.allowed("noise_pred_text", "fp32", "per_step", 7.5)[0])
+
+
+def test_plan_feeds_each_step_the_reference_latents_and_its_draw():
+    from parity.pipeline import plan as P
+    ref, sched = _run(steps=3)
+    names = P.probe_names(3)
+    assert names[:4] == ["initial_latents", "noise_0", "noise_1", "noise_2"] and names[4] == "step_0_latents_in"
+    steps = P.teacher_plan(3, with_predictions=True)
+    assert [s.probe for s in steps] == [f"step_{k}_latents_out" for k in range(3)] and steps[2].kind == "step"
+    assert steps[1].inputs["latents"] == "step_1_latents_in" and steps[1].inputs["noise"] == "noise_1"
+    # run_step on the plan's feeds reproduces the reference step (same scheduler, reference predictions)
+    init, noise = L.make_noise(0, SHAPE, 3, np.float32, NumpyEulerAncestral(3).init_noise_sigma)
+    sub = NumpyEulerAncestral(3)
+    for step in steps:
+        k = step.index
+        rec = L.run_step(None, sub, k, ref[k]["latents_in"], noise[k],
+                         predictions=(ref[k]["noise_pred_uncond"], ref[k]["noise_pred_text"]))
+        np.testing.assert_array_equal(rec["latents_out"], ref[k]["latents_out"])
