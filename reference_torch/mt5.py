@@ -24,6 +24,7 @@ from transformers import MT5Config, MT5EncoderModel
 from parity.capture_torch import TorchCapture, to_numpy
 from parity.errors import ParityError
 from parity.families.mt5_encoder.config import MT5EncoderConfig
+from parity.families.mt5_encoder.statedict import SEQ2SEQ_ONLY_PREFIXES
 from parity.teacher import TeacherStep
 
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -63,6 +64,7 @@ def build_model(config, weights: Mapping[str, np.ndarray], precision: str = "fp3
     state = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in weights.items()}
     model, info = MT5EncoderModel.from_pretrained(None, config=hf_config(config), state_dict=state, dtype=dtype,
                                                   output_loading_info=True)
+    info["unexpected_keys"] = [k for k in info.get("unexpected_keys", ()) if not k.startswith(SEQ2SEQ_ONLY_PREFIXES)]
     problems = {k: v for k, v in info.items() if v and k != "error_msgs"}
     if problems or info.get("error_msgs"):
         raise ParityError(f"mT5 weights do not match the config: {problems or info['error_msgs']}; "

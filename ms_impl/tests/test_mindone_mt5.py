@@ -105,3 +105,21 @@ def test_unknown_substitution_is_refused():
     cfg = fam.parse_config(case.config)
     with pytest.raises(ParityError, match="unknown mindone substitution"):
         S.build_model(cfg, R.random_weights(cfg, 0), "fp32", substitutions=("faster",))
+
+
+def test_a_whole_encoder_decoder_checkpoint_loads_on_both_sides():
+    """Released mT5 weights are MT5ForConditionalGeneration's: both loaders take the encoder and drop the rest."""
+    from transformers import MT5ForConditionalGeneration
+    S, R = _glue()
+    case = fam.builtin_cases()["tiny-mt5-relu"]
+    cfg = fam.parse_config(case.config)
+    torch.manual_seed(3)
+    full = {k: v.detach().numpy().copy()
+            for k, v in MT5ForConditionalGeneration(R.hf_config(cfg)).state_dict().items()}
+    assert any(k.startswith("decoder.") for k in full) and any(k.startswith("lm_head.") for k in full)
+    inputs = case.make_inputs()
+    ref = R.forward(R.build_model(cfg, full, "fp32"), inputs)
+    sub = S.forward(S.build_model(cfg, full, "fp32", substitutions=SUBSTITUTIONS), inputs)
+    np.testing.assert_allclose(sub, ref, atol=TOL["fp32"]["atol"], rtol=TOL["fp32"]["rtol"])
+    with pytest.raises(ParityError, match="do not match"):
+        S.build_model(cfg, dict(full, **{"encoder.block.0.extra.weight": np.zeros(3, np.float32)}), "fp32")

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from .config import MT5EncoderConfig
 
+# A released mT5 checkpoint is the whole encoder-decoder (MT5ForConditionalGeneration): its decoder and LM head
+# are not the encoder's, and loaders of the encoder drop them (mindone's Open-Sora-Plan loader does too).
+SEQ2SEQ_ONLY_PREFIXES = ("decoder.", "lm_head.")
+
 
 def expected_shapes(cfg: MT5EncoderConfig) -> dict[str, tuple]:
     d, inner, ff = cfg.d_model, cfg.inner_dim, cfg.d_ff
