@@ -308,8 +308,8 @@ def bench_small(tmp: str, quick: bool) -> dict:
     import reference_torch.harness as RH
     from parity.compare import _Evaluator
     from parity.dumping import dump_reference
-    from parity.families import get_family
-    from parity.probemap import load_probe_map
+    from ms_impl.plugin import make_plugin as make_ms_plugin
+    from parity.runner import ModelRun
     from parity.store import open_dump
     from parity.tolerances import load_profiles
 
@@ -341,11 +341,10 @@ def bench_small(tmp: str, quick: bool) -> dict:
     mmodel = MH.build_model(cfg, weights, "fp32")
     del weights
     dump = open_dump(dump_dir, verify=False)
-    fam = get_family(dump.family)
-    pmap = load_probe_map(dump.family)
-    specs = pmap.probes(fam.num_layers(fam.parse_config(dump.config)))
+    run = ModelRun(make_ms_plugin(), dump.family, dump.config)
+    run.model = mmodel
     profiles = load_profiles(None)
-    params = pmap.adapter_params(cfg)
+    context = run.context(inputs)
 
     def torch_forward():
         return RH.forward(tmodel, inputs)
@@ -354,8 +353,8 @@ def bench_small(tmp: str, quick: bool) -> dict:
         return MH.forward(mmodel, inputs)
 
     def ms_capture_compare():
-        ev = _Evaluator(dump, specs, profiles, dump.precision, params, None)
-        MH.capture(mmodel, inputs, specs, lambda n, a, _dt=None: ev("accumulated", n, a))
+        ev = _Evaluator(dump, run.probes, profiles, dump.precision, context, run.adapters, None)
+        run.capture(inputs, lambda n, a, _dt=None: ev("accumulated", n, a))
         return ev.results
 
     # warm-up (first calls build caches / kernels) and correctness of what we time

@@ -1,7 +1,7 @@
-"""Subject side of the ``opensora_v13`` family harness (imported by name from the family's probe map).
+"""Building and running the MindSpore ``OpenSoraT2V_v1_3`` for the ``ms_impl`` plug-in (``ms_impl.plugin``).
 
-Everything the parity CLI needs from MindSpore: a strictly loaded model at a precision, a forward pass, probe
-capture, module paths, and teacher forcing (``run_isolated``). Inputs and outputs are numpy; arrays handed to
+A strictly loaded model at a precision, its inputs as MindSpore tensors, a forward pass, probe capture, module
+paths. Inputs and outputs are numpy; arrays handed to
 ``on_probe`` are float32 in the MindSpore layout (the engine applies the probe map's adapters), with the dtype
 name of the values ("bfloat16" for the bf16 emulation's bf16-valued float32 tensors).
 
@@ -26,14 +26,10 @@ from ms_impl import attention as attention_seam
 from ms_impl.convert import convert_ms_to_torch, convert_torch_to_ms, load_into  # noqa: F401 (CLI uses both)
 from ms_impl.modeling_opensora import OpenSoraT2V_v1_3, set_attention_backend, set_precision
 from ms_impl.precision import normalize_device, precision_label as _precision_label
-from parity.adapters import get_adapter
 from parity.capture_ms import MsCapture, module_paths as _module_paths, tensor_dtype_name, to_numpy
-from parity.errors import MissingProbe, ParityError
-from parity.probemap import load_probe_map
-from parity.families.opensora_v13.config import FAMILY, OpenSoraConfig
+from parity.errors import ParityError
+from parity.families.opensora_v13.config import OpenSoraConfig
 from parity.families.opensora_v13.inputs import normalize_inputs
-from parity.families.opensora_v13.probes import SPARSE_NS, block_probe, sparse_mask_probe
-from parity.families.opensora_v13.shapes import patch_grid
 
 _CONTEXT: dict[str, str] = {}
 _CAST_INPUTS = ("encoder_hidden_states",)
@@ -99,7 +95,7 @@ def build_model(config: dict, weights: dict[str, np.ndarray], precision: str, de
 # ---------------------------------------------------------------------------------------------------------
 # inputs, forward, capture
 # ---------------------------------------------------------------------------------------------------------
-def _model_inputs(model: OpenSoraT2V_v1_3, inputs: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+def model_inputs(model: OpenSoraT2V_v1_3, inputs: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
     """MindSpore tensors for ``model(**tensors)`` and the dtype names torch would report for them."""
     arrays = normalize_inputs(inputs, model.config)
     nx = model.numerics
@@ -118,7 +114,7 @@ def _model_inputs(model: OpenSoraT2V_v1_3, inputs: Mapping[str, np.ndarray]) -> 
     return tensors, names
 
 
-def _dtype_namer(model: OpenSoraT2V_v1_3, known: Mapping[int, str] | None = None) -> Callable[[Any], str]:
+def dtype_namer(model: OpenSoraT2V_v1_3, known: Mapping[int, str] | None = None) -> Callable[[Any], str]:
     nx = model.numerics
     known = dict(known or {})
 
@@ -133,7 +129,7 @@ def _dtype_namer(model: OpenSoraT2V_v1_3, known: Mapping[int, str] | None = None
 
 def forward(model: OpenSoraT2V_v1_3, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """One forward pass; the output (B, C, T, H, W) as float32 numpy."""
-    tensors, _ = _model_inputs(model, inputs)
+    tensors, _ = model_inputs(model, inputs)
     (output,) = model(**tensors)
     return to_numpy(output)
 
@@ -141,8 +137,8 @@ def forward(model: OpenSoraT2V_v1_3, inputs: dict[str, np.ndarray]) -> np.ndarra
 def capture(model: OpenSoraT2V_v1_3, inputs: dict[str, np.ndarray], specs: list,
             on_probe: Callable[[str, np.ndarray, str], None]) -> np.ndarray:
     """``forward`` with every probe of ``specs`` reported to ``on_probe(name, array, dtype_name)``."""
-    tensors, names = _model_inputs(model, inputs)
-    namer = _dtype_namer(model, {id(tensors[k]): v for k, v in names.items()})
+    tensors, names = model_inputs(model, inputs)
+    namer = dtype_namer(model, {id(tensors[k]): v for k, v in names.items()})
     with MsCapture(model, specs, on_probe, dtype_name=namer):
         (output,) = model(**tensors)
     return to_numpy(output)
@@ -152,79 +148,24 @@ def module_paths(model: OpenSoraT2V_v1_3) -> set[str]:
     return _module_paths(model)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# teacher forcing
-# ---------------------------------------------------------------------------------------------------------
-def run_isolated(model: OpenSoraT2V_v1_3, config: dict, reference: Callable[[str], np.ndarray],
-                 inputs: dict[str, np.ndarray], specs: list,
-                 on_probe: Callable[[str, np.ndarray, str], None]) -> None:
-    """Teacher forcing: every block runs on the *reference's* input to it, conditioning and masks.
-
-    Block i gets ``hidden_states_before_block`` (i = 0) or ``hidden_states_{i-1}_block`` from the reference, plus
-    the reference's ``encoder_hidden_states_/timestep_operate_on_patched_inputs`` and Skiparse masks
-    ``*_sparse_{n}_{g}``, each converted to the MindSpore layout with its probe's adapter (``from_reference``);
-    its output is reported as ``hidden_states_{i}_block``. The output head gets the reference's last block
-    output and ``embedded_timestep_operate_on_patched_inputs`` (-> ``hidden_states_output``). Inputs, masks and
-    embeddings are the model's own pieces on the reference's inputs: a normal capture reports them.
-    """
-    cfg = _config(config)
+def run_step(model: OpenSoraT2V_v1_3, step, teacher: dict) -> np.ndarray:
+    """Isolated mode (the family's teacher plan): block ``step.index`` or the output head on the reference's
+    tensors (already in the port's layout), through upstream's own pieces."""
     nx = model.numerics
-    # adapters by probe name: the family's probe map, overridden by the specs given
-    by_name = {s.name: s for s in load_probe_map(FAMILY).probes(cfg.num_layers)}
-    by_name.update({s.name: s for s in specs})
-    params = {"num_heads": cfg.num_attention_heads}
-
-    plain = [s for s in specs if s.probe_class not in ("block", "output")]
-    if plain:
-        capture(model, inputs, plain, on_probe)
-
-    def ref(name: str) -> ms.Tensor:
-        try:
-            arr = np.asarray(reference(name), dtype=np.float32)
-        except KeyError:
-            raise MissingProbe(f"teacher forcing needs the reference probe {name!r}, which the reference dump does "
-                               f"not have; dump the reference with all probes") from None
-        adapter = by_name[name].ms_adapter if name in by_name else "identity"
-        arr = np.ascontiguousarray(get_adapter(adapter).from_reference(arr, **params), dtype=np.float32)
-        return nx(ms.Tensor(arr).astype(nx.dtype))
-
-    block_specs = [s for s in specs if s.probe_class == "block"]
-    wants_output = any(s.probe_class == "output" for s in specs)
-    if not block_specs and not wants_output:
-        return
-
-    arrays = normalize_inputs(inputs, cfg)
-    _, _, t, h, w = arrays["hidden_states"].shape
-    frame, height, width = patch_grid(t, h, w, cfg.patch_size, cfg.patch_size_t)
-    encoder_hidden_states = ref("encoder_hidden_states_operate_on_patched_inputs")
-    timestep = ref("timestep_operate_on_patched_inputs")
-    masks = {}
-    for n in SPARSE_NS:
-        masks[n] = {}
-        for group in (False, True):
-            video = sparse_mask_probe("attention_mask", n, group)
-            text = sparse_mask_probe("encoder_attention_mask", n, group)
-            masks[n][group] = (ref(video), ref(text))
-    dtype = nx.logical
-    for spec in block_specs:
-        i = spec.block
-        source = "hidden_states_before_block" if i == 0 else block_probe(i - 1)
-        try:
-            hidden = ref(source)
-        except MissingProbe:  # a partial dump: this block cannot be fed its reference input
-            continue
-        out = model.run_blocks(hidden, encoder_hidden_states, timestep, masks, frame, height, width, i, i + 1)
-        on_probe(spec.name, to_numpy(out), dtype)
-    if wants_output:
-        last = block_probe(cfg.num_layers - 1) if cfg.num_layers else "hidden_states_before_block"
-        try:
-            hidden = ref(last)
-        except MissingProbe:
-            return
-        embedded = ref("embedded_timestep_operate_on_patched_inputs")
-        out = model.output_head(hidden, embedded, frame, height, width)
-        on_probe("hidden_states_output", to_numpy(out), dtype)
+    t = {role: nx(ms.Tensor(arr).astype(nx.dtype)) for role, arr in teacher.items()}
+    grid = step.params
+    if step.kind == "block":
+        out = model.transformer_blocks[step.index](
+            t["hidden_states"], attention_mask=t["attention_mask"], encoder_hidden_states=t["encoder_hidden_states"],
+            encoder_attention_mask=t["encoder_attention_mask"], timestep=t["timestep"], frame=grid["frame"],
+            height=grid["height"], width=grid["width"])
+    elif step.kind == "output":
+        out = model._get_output_for_patched_inputs(t["hidden_states"], None, t["embedded_timestep"], grid["frame"],
+                                                   grid["height"], grid["width"])
+    else:
+        raise ValueError(f"ms_impl: unknown teacher step kind {step.kind!r}")
+    return to_numpy(out)
 
 
-__all__ = ["build_model", "precision_label", "forward", "capture", "module_paths", "run_isolated", "setup_context",
-           "versions", "convert_torch_to_ms", "convert_ms_to_torch"]
+__all__ = ["build_model", "precision_label", "forward", "capture", "model_inputs", "dtype_namer", "module_paths",
+           "run_step", "setup_context", "versions", "convert_torch_to_ms", "convert_ms_to_torch"]

@@ -3,7 +3,7 @@
 Each mutant patches a *built* model for the duration of a ``with`` block and restores it on exit; the modeling
 file is not edited and has no test flags. The seams used are the model's own attributes (``GELU.approximate``,
 ``LayerNorm.eps``, the attention processors' ``rope`` / ``sparse_group``, ``Timesteps.flip_sin_to_cos``,
-``Attention.processor``). ``first_divergence`` is the first probe (in capture order) the bug changes;
+``Attention.processor``). ``first_divergence`` is the first probe (in the family's data-flow order) the bug changes;
 ``needs`` names an input condition without which the bug is invisible.
 
     with MUTANTS["gelu_exact"].apply(model):
@@ -65,6 +65,14 @@ class InterleavedRoPE3D(RoPE3D):
         return ops.cat((-odd[..., None], even[..., None]), -1).reshape(x.shape)
 
 
+class DetunedRoPE3D(RoPE3D):
+    """RoPE angles 1e-4 too large (every frequency 1e-4 relative off): invisible over a few positions, visible
+    over the dozens of positions of a real latent grid (the long-axes fixture has 57 on W)."""
+
+    def get_cos_sin(self, D, seq_len, numerics, interpolation_scale=1):
+        return super().get_cos_sin(D, seq_len, numerics, interpolation_scale / (1 + 1e-4))
+
+
 class _MaskIgnoringProcessor:
     """Cross-attention processor wrapper that drops the text mask."""
 
@@ -103,12 +111,14 @@ def _layernorm_eps(model):
     return _setting([(norm, "eps", 1e-5) for b in _blocks(model) for norm in (b.norm1, b.norm2)])
 
 
+def _rope_replaced(model, rope_cls):
+    """Every block's self-attention RoPE replaced by a ``rope_cls`` with the same interpolation scales."""
+    procs = [b.attn1.processor for b in _blocks(model)]
+    return _setting([(p, "rope", rope_cls(interpolation_scale_thw=p.interpolation_scale_thw)) for p in procs])
+
+
 def _rope_interleaved(model):
-    pairs = []
-    for b in _blocks(model):
-        proc = b.attn1.processor
-        pairs.append((proc, "rope", InterleavedRoPE3D(interpolation_scale_thw=proc.interpolation_scale_thw)))
-    return _setting(pairs)
+    return _rope_replaced(model, InterleavedRoPE3D)
 
 
 def _skiparse_swapped(model):
@@ -118,6 +128,20 @@ def _skiparse_swapped(model):
             for attn in (b.attn1, b.attn2):
                 pairs.append((attn.processor, "sparse_group", not attn.processor.sparse_group))
     return _setting(pairs)
+
+
+def _rope_detuned(model):
+    return _rope_replaced(model, DetunedRoPE3D)
+
+
+@contextlib.contextmanager
+def _train_mode(model):
+    """The model left in training mode: its Dropout cells drop (and rescale) activations."""
+    model.set_train(True)
+    try:
+        yield
+    finally:
+        model.set_train(False)
 
 
 def _sinusoid_sin_cos(model):
@@ -143,9 +167,13 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in (
     Mutant("skiparse_swapped", "Skiparse group and single skip swapped in blocks 2..29", "hidden_states_2_block",
            _skiparse_swapped, needs="a sparse config (sparse1d, sparse_n 4) with at least 3 layers"),
     Mutant("sinusoid_sin_cos", "timestep sinusoid ordered [sin, cos] instead of [cos, sin]",
-           "timestep_operate_on_patched_inputs", _sinusoid_sin_cos),
+           "embedded_timestep_operate_on_patched_inputs", _sinusoid_sin_cos),
     Mutant("text_mask_ignored", "cross-attention ignores the text mask", "hidden_states_0_block",
            _text_mask_ignored, needs="padded text (an encoder_attention_mask with zeros)"),
     Mutant("norm_before_cross_attn", "a LayerNorm (eps 1e-6, no affine) applied before cross-attention",
            "hidden_states_0_block", _norm_before_cross_attn),
+    Mutant("rope_freq_1e-4", "RoPE frequencies 1e-4 relative too high", "hidden_states_0_block", _rope_detuned,
+           needs="long position axes (dozens of positions on an axis)"),
+    Mutant("train_mode", "the model left in training mode (dropout active)", "hidden_states_0_block", _train_mode,
+           needs="a config with dropout > 0"),
 )}

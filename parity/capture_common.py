@@ -18,8 +18,8 @@ of the root module: a module called several times reports its first matching cal
 exit, exceptions included. Hooks never modify a tensor: values are copied to numpy by the subclass and handed to
 ``on_probe(name, array, dtype_name)``, so a forward with capture on is bit-identical to one with it off.
 
-Subclasses say which ``ProbeSpec`` attribute holds their ``CaptureSpec`` and supply the framework-specific
-pieces: the named submodules, tensor -> numpy conversion, the scalar value of a tensor (for ``where``).
+``specs`` are ``parity.probemap.CaptureItem``s (a probe name and the capture rule on the side being run).
+Subclasses supply the framework-specific pieces: the named submodules, tensor -> numpy conversion, the scalar value of a tensor (for ``where``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from parity.errors import ParityError
-from parity.probemap import CaptureSpec, ProbeSpec, check_module_paths
+from parity.probemap import CaptureItem, CaptureSpec, check_module_paths
 
 OnProbe = Callable[[str, np.ndarray, str], None]
 
@@ -44,25 +44,26 @@ class _Group:
 
     def __init__(self, signature: inspect.Signature):
         self.signature = signature
-        self.specs: list[ProbeSpec] = []
+        self.specs: list[CaptureItem] = []
 
 
-def _add_to_group(groups: dict, key: Any, spec: ProbeSpec, signature_of: Callable[[], inspect.Signature]) -> None:
+def _add_to_group(groups: dict, key: Any, spec: CaptureItem, signature_of: Callable[[], inspect.Signature]) -> None:
     if key not in groups:
         groups[key] = _Group(signature_of())
     groups[key].specs.append(spec)
 
 
 class CaptureBase:
-    """Context manager capturing ``specs`` (a list of ``ProbeSpec``) from ``model`` into ``on_probe``."""
+    """Context manager capturing ``specs`` (a list of ``CaptureItem``) from ``model`` into ``on_probe``."""
 
     framework: str  # as named by check_module_paths: "torch" or "mindspore"
-    spec_attr: str  # the ProbeSpec attribute holding this framework's CaptureSpec
     forward_name: str  # the method a module call runs ("forward", "construct")
     module_word: str  # what error messages call a module ("module", "cell")
 
-    def __init__(self, model: Any, specs: list[ProbeSpec], on_probe: OnProbe):
+    def __init__(self, model: Any, specs: list[CaptureItem], on_probe: OnProbe,
+                 dtype_name: Callable[[Any], str] | None = None):
         self.model = model
+        self.dtype_name = dtype_name
         self.specs = list(specs)
         self.on_probe = on_probe
         self._handles: list[Any] = []
@@ -143,8 +144,8 @@ class CaptureBase:
             self._restore.pop()()
 
     # --- per call ------------------------------------------------------------------------------------------
-    def _capture_of(self, spec: ProbeSpec) -> CaptureSpec:
-        return getattr(spec, self.spec_attr)
+    def _capture_of(self, spec: CaptureItem) -> CaptureSpec:
+        return spec.capture
 
     def _call_site(self, cap: CaptureSpec) -> str:
         return f"{cap.module or '(root)'}.{cap.method or self.forward_name}"
@@ -171,7 +172,7 @@ class CaptureBase:
             else:
                 self._emit(spec, output)
 
-    def _bind(self, group: _Group, args: tuple, kwargs: dict, spec: ProbeSpec) -> dict:
+    def _bind(self, group: _Group, args: tuple, kwargs: dict, spec: CaptureItem) -> dict:
         try:
             ba = group.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -204,7 +205,7 @@ class CaptureBase:
                                   f"({exc.__class__.__name__}); fix 'select' in the probe map") from None
         return value
 
-    def _emit(self, spec: ProbeSpec, value: Any) -> None:
+    def _emit(self, spec: CaptureItem, value: Any) -> None:
         if spec.name in self._seen:
             return
         cap = self._capture_of(spec)
@@ -246,14 +247,14 @@ class CaptureBase:
         for (owner, name), group in static_groups.items():
             self._wrap_static_method(owner, name, group)
 
-    def _instance_method(self, module: Any, name: str, spec: ProbeSpec) -> Callable:
+    def _instance_method(self, module: Any, name: str, spec: CaptureItem) -> Callable:
         method = getattr(module, name, None)
         if not callable(method) or self._is_submodule(method):
             raise ParityError(f"probe {spec.name}: {self._capture_of(spec).module or '(root)'} has no method "
                               f"{name!r}; fix the probe map or the model")
         return method
 
-    def _static_owner(self, module: Any, name: str, spec: ProbeSpec) -> type:
+    def _static_owner(self, module: Any, name: str, spec: CaptureItem) -> type:
         for klass in type(module).__mro__:
             if name in klass.__dict__:
                 if not isinstance(klass.__dict__[name], staticmethod):

@@ -1,4 +1,4 @@
-"""Generic probe capture on a MindSpore model, driven by ``parity.probemap.CaptureSpec`` (``spec.ms_capture``).
+"""Generic probe capture on a MindSpore model, driven by ``parity.probemap.CaptureSpec`` (each item's ``capture``).
 
 ``MsCapture(model, specs, on_probe)`` is the context manager of ``parity.capture_common.CaptureBase`` for
 ``mindspore.nn.Cell`` models (PyNative mode only: MindSpore runs Cell hooks there); hooks bind arguments to
@@ -21,7 +21,7 @@ from mindspore import nn
 
 from parity.capture_common import MISSING, CaptureBase, OnProbe
 from parity.errors import ParityError
-from parity.probemap import ProbeSpec
+from parity.probemap import CaptureItem
 
 _DTYPE_NAMES = {
     ms.float64: "float64", ms.float32: "float32", ms.float16: "float16", ms.bfloat16: "bfloat16",
@@ -60,14 +60,12 @@ class MsCapture(CaptureBase):
     """Context manager capturing ``specs`` from ``model`` into ``on_probe(name, array, dtype_name)``."""
 
     framework = "mindspore"
-    spec_attr = "ms_capture"
     forward_name = "construct"
     module_word = "cell"
 
-    def __init__(self, model: nn.Cell, specs: list[ProbeSpec], on_probe: OnProbe,
+    def __init__(self, model: nn.Cell, specs: list[CaptureItem], on_probe: OnProbe,
                  dtype_name: Callable[[Any], str] | None = None):
-        super().__init__(model, specs, on_probe)
-        self.dtype_name = dtype_name or tensor_dtype_name
+        super().__init__(model, specs, on_probe, dtype_name or tensor_dtype_name)
 
     def _check_can_capture(self) -> None:
         if ms.get_context("mode") != ms.PYNATIVE_MODE:

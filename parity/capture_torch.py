@@ -45,10 +45,9 @@ def to_numpy(value: Any) -> tuple[np.ndarray, str]:
 
 
 class TorchCapture(CaptureBase):
-    """Context manager capturing ``specs`` (a list of ``ProbeSpec``) from ``model`` into ``on_probe``."""
+    """Context manager capturing ``specs`` (``parity.probemap.CaptureItem``s) from ``model`` into ``on_probe``."""
 
     framework = "torch"
-    spec_attr = "capture"
     forward_name = "forward"
     module_word = "module"
 
@@ -59,7 +58,8 @@ class TorchCapture(CaptureBase):
         return isinstance(value, torch.nn.Module)
 
     def _to_numpy(self, value: Any) -> tuple[np.ndarray, str]:
-        return to_numpy(value)
+        arr, name = to_numpy(value)
+        return arr, (self.dtype_name(value) if self.dtype_name is not None else name)
 
     def _scalar_value(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):

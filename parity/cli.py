@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import stat
 import sys
 import traceback
 
-from parity.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARITY_FAILURE, ParityError
+from parity.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARITY_FAILURE, ParityError, printable
 from parity.heap import return_large_blocks_to_os
 
 MODE_CHOICES = ("isolated", "accumulated", "both")
-
-
-_MAX_JSON_BYTES = 64 * 2**20
+MAX_THREADS = 1024
 
 
 def _require_file(path: str, what: str, dir_ok: bool = False) -> None:
@@ -30,30 +27,28 @@ def _require_file(path: str, what: str, dir_ok: bool = False) -> None:
     except OSError:
         return  # the reader reports missing/unreadable files itself
     if not (stat.S_ISREG(mode) or (dir_ok and stat.S_ISDIR(mode))):
-        raise ParityError(f"{path}: {what} is not a regular file; pass the {what} file itself")
+        raise ParityError(f"{path}: {what} is not a regular file; pass the {what} itself")
 
 
 def _load_json(path: str, what: str) -> dict:
-    _require_file(path, what)
+    from parity.jsonio import load_json
+
+    return load_json(path, what, f"fix it or pass the model's own {what}.json")
+
+
+def _threads(text: str) -> int:
+    """argparse type of --threads: an integer in [1, MAX_THREADS] (torch overflows on 2**40)."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_JSON_BYTES + 1)
-        if len(raw) > _MAX_JSON_BYTES:
-            raise ParityError(f"{path}: {what} is larger than {_MAX_JSON_BYTES >> 20} MiB; pass the model's own "
-                              f"{what}.json")
-        return json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise ParityError(f"{path}: {what} not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParityError(f"{path}: cannot read {what} ({exc.__class__.__name__}); check the file and its "
-                          "permissions") from None
-    except (ValueError, RecursionError) as exc:
-        raise ParityError(f"{path}: {what} is not valid JSON ({' '.join(str(exc).split())[:100]}); fix it or pass "
-                          f"the model's own {what}.json") from None
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text[:40]!r}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be in [1, {MAX_THREADS}], got {text[:40]}")
+    return n
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(printable(msg), file=sys.stderr, flush=True)
 
 
 def _stderr_is_tty() -> bool:
@@ -74,20 +69,6 @@ def _hinted(fn, hint: str, *args):
         if ";" in str(exc):
             raise
         raise ParityError(f"{exc}; {hint}") from None
-
-
-def _check_device(device: str) -> None:
-    """Refuse an accelerator that is not there before the subject framework's own checks print their
-    multi-line diagnostics (a CPU-only machine asked for --device GPU/Ascend)."""
-    import ctypes.util
-
-    if device == "GPU" and ctypes.util.find_library("cuda") is None:
-        raise ParityError("--device GPU: no CUDA driver (libcuda) on this machine; run on a machine with an NVIDIA "
-                          "GPU and MindSpore's GPU setup, or use --device CPU")
-    if device == "Ascend" and not (ctypes.util.find_library("ascendcl") or os.environ.get("ASCEND_HOME_PATH")
-                                   or os.path.isdir("/usr/local/Ascend")):
-        raise ParityError("--device Ascend: no Ascend CANN toolkit here (no libascendcl, ASCEND_HOME_PATH unset); run "
-                          "on an Ascend machine with CANN set up, or use --device CPU")
 
 
 def _dump_root(start: str) -> str | None:
@@ -132,59 +113,93 @@ def _check_output(path: str, flag: str, kind: str) -> None:
                           f"{flag} outside it")
 
 
-# ---- commands ------------------------------------------------------------------------------------------------
-def cmd_cases(args) -> int:
-    from parity.families import get_family
+def _reference_args(args) -> dict:
+    return {"reference": args.reference, "reference_path": args.reference_path,
+            "reference_options": args.reference_option}
 
-    fam = get_family(args.family)
-    print(f"{'case':<14} {'layers':>6} {'D':>4}  description")
-    for case in fam.builtin_cases().values():
-        cfg = fam.parse_config(case.config)
-        marker = " (default)" if case.name == fam.default_case_name() else ""
-        print(f"{case.name:<14} {cfg.num_layers:>6} {cfg.hidden_size:>4}  {case.description}{marker}")
+
+# ---- commands ------------------------------------------------------------------------------------------------
+def cmd_plugins(args) -> int:
+    from parity.plugins import DEFAULTS, load_plugin, registered
+
+    for side in ("reference", "subject"):
+        print(f"{side}s (--{side} NAME):")
+        for name, ep in sorted(registered(side).items()):
+            marker = " (default)" if name == DEFAULTS[side] else ""
+            try:
+                plugin = load_plugin(name, side)
+                families = ", ".join(plugin.families)
+                options = ", ".join(f"{k}={'|'.join(v.choices) if v.choices else '…'}"
+                                    for k, v in (plugin.options or {}).items())
+                print(f"  {name:<22} {plugin.framework:<10} {families}{marker}"
+                      + (f"  options: {options}" if options else ""))
+            except ParityError as exc:
+                print(f"  {name:<22} (cannot be loaded here: {exc}){marker}")
+    return EXIT_OK
+
+
+def cmd_cases(args) -> int:
+    from parity.families import FAMILIES, get_family
+
+    print(f"{'case':<16} {'family':<14} {'layers':>6} {'D':>5}  description")
+    for name in [args.family] if args.family else FAMILIES:
+        fam = get_family(name)
+        for case in fam.builtin_cases().values():
+            cfg = fam.parse_config(case.config)
+            marker = " (default)" if case.name == fam.default_case_name() else ""
+            print(f"{case.name:<16} {name:<14} {fam.num_layers(cfg):>6} {cfg.hidden_size:>5}  "
+                  f"{case.description}{marker}")
     return EXIT_OK
 
 
 def cmd_dump(args) -> int:
     from parity.dumping import dump_reference
-    from parity.families import get_family
+    from parity.families import family_for_config, family_of_case, get_family
     from parity.inputs_io import load_tensor_file
 
-    fam = get_family(args.family)
     _check_output(args.out, "--out", "dump")
     if args.case:
         if args.config or args.inputs or args.weights:
             raise ParityError("--case builds config, weights and inputs itself; drop --config/--weights/--inputs")
-        case = fam.builtin_cases().get(args.case)
-        if case is None:
-            raise ParityError(f"unknown case {args.case!r}; pick one of: {', '.join(fam.builtin_cases())} "
-                              "(see 'parity cases')")
+        family = family_of_case(args.case, args.family)
+        case = get_family(family).builtin_cases()[args.case]
         seed = case.weights_seed if args.seed is None else args.seed
         summary = dump_reference(out=args.out, config=case.config, inputs=case.make_inputs(), seed=seed,
                                  precision=args.precision, case=case.name, inputs_seed=case.inputs_seed,
-                                 force=args.force, family=args.family, progress=_progress, threads=args.threads,
-                                 stats_only=args.stats_only)
+                                 force=args.force, family=family, progress=_progress, threads=args.threads,
+                                 stats_only=args.stats_only, **_reference_args(args))
     else:
         if not (args.config and args.inputs) or (args.weights is None) == (args.seed is None):
             raise ParityError("pass --case NAME, or --config C.json --inputs IN and exactly one of "
                               "--weights W.safetensors / --seed N")
         config = _load_json(args.config, "config")
-        inputs = load_tensor_file(args.inputs, "inputs")
+        family = family_for_config(config, args.family, args.config)
+        fam = get_family(family, source=args.config)
+        cfg = fam.parse_config(config, source=args.config)
+        check_header = getattr(fam, "check_input_header", None)
+        inputs = load_tensor_file(args.inputs, "inputs", check=None if check_header is None else (
+            lambda header: check_header(cfg, header, source=f"{args.config} (with {args.inputs})")))
         summary = dump_reference(out=args.out, config=config, inputs=inputs, weights_path=args.weights,
-                                 seed=args.seed, precision=args.precision, force=args.force, family=args.family,
+                                 seed=args.seed, precision=args.precision, force=args.force, family=family,
                                  config_source=args.config, inputs_source=args.inputs, progress=_progress,
-                                 threads=args.threads, stats_only=args.stats_only)
+                                 threads=args.threads, stats_only=args.stats_only, **_reference_args(args))
     if summary["nonfinite"]:
         _say(f"warning: reference states with NaN/Inf: {', '.join(summary['nonfinite'][:5])}")
-    print(f"wrote {summary['out']} ({summary['probes']} probes, {summary['precision']})")
+    print(f"wrote {summary['out']} ({summary['probes']} probes, {summary['precision']}, reference "
+          f"{summary['reference']})")
     return EXIT_OK
 
 
 def cmd_ingest(args) -> int:
     from parity.dumping import ingest_legacy
 
+    from parity.families import family_for_config
+
     _check_output(args.out, "--out", "dump")
     config = _load_json(args.config, "config")
+    args.family = family_for_config(config, args.family, args.config)
+    if args.source == "msprobe":
+        return _ingest_msprobe(args, config)
     s = ingest_legacy(args.legacy_dir, out=args.out, config=config, weights_path=args.weights,
                       precision=args.precision, force=args.force, family=args.family, config_source=args.config)
     print(f"found {len(s['found'])} probes: {', '.join(s['found'])}")
@@ -195,10 +210,48 @@ def cmd_ingest(args) -> int:
     return EXIT_OK
 
 
+def _ingest_msprobe(args, config: dict) -> int:
+    from parity.ingest.msprobe import ingest_msprobe
+
+    s = ingest_msprobe(args.legacy_dir, out=args.out, config=config, weights_path=args.weights,
+                       precision=args.precision, force=args.force, family=args.family, config_source=args.config,
+                       subject=args.subject, subject_path=args.subject_path, progress=_progress)
+    print(f"msprobe {s['framework']} {s['level']} dump ({s['side']} side, modules under {s['prefix'] or '(root)'!r})")
+    print(f"found {len(s['found'])} probes: {', '.join(s['found'])}")
+    groups: dict = {}
+    for m in s["missing"]:
+        groups.setdefault((m["reason"], m["fix"]), []).append(m["name"])
+    print(f"missing {len(s['missing'])} probes" + (":" if s["missing"] else ""))
+    for (reason, fix), names in groups.items():
+        print(f"  {', '.join(names)}: {reason}; fix: {fix}")
+    if s["unfed"]:
+        print(f"isolated mode cannot feed {len(s['unfed'])} step(s):")
+        for u in s["unfed"]:
+            print(f"  {u.probe}: needs {', '.join(u.needs)}")
+    print(f"wrote {s['out']} ({s['precision']})")
+    return EXIT_OK
+
+
+def _infer_config(tensors: dict, source: str, family: str | None) -> tuple[str, dict]:
+    """(family, config) inferred from a state dict's names and shapes, by the families that can."""
+    from parity.families import FAMILIES, get_family
+
+    problems = []
+    for name in [family] if family else FAMILIES:
+        infer = getattr(get_family(name), "infer_config", None)
+        if infer is None:
+            continue
+        try:
+            return name, infer({k: v.shape for k, v in tensors.items()}, source=source)
+        except ParityError as exc:
+            problems.append(str(exc))
+    raise ParityError(problems[0] if len(problems) == 1 else
+                      f"{source}: no model family recognises these weights; pass --config (the model's config.json)")
+
+
 def cmd_convert(args) -> int:
-    from parity.families import get_family
+    from parity.families import family_for_config, get_family
     from parity.inputs_io import load_tensor_file
-    from parity.probemap import load_probe_map
     from parity.safetensors_io import load_safetensors_dtypes, save_safetensors
 
     from parity.weights import check_state_dict
@@ -208,22 +261,29 @@ def cmd_convert(args) -> int:
     _check_output(args.dst, "--dst", "file")
     if os.path.exists(args.dst) and os.path.exists(args.src) and os.path.samefile(args.src, args.dst):
         raise ParityError(f"{args.dst}: is the --src file itself; write the converted weights to a new file")
-    fam = get_family(args.family)
     tensors = load_tensor_file(args.src, "weights")
     if args.config:
-        cfg = fam.parse_config(_load_json(args.config, "config"), source=args.config)
+        config = _load_json(args.config, "config")
+        args.family = family_for_config(config, args.family, args.config)
+        fam = get_family(args.family)
+        cfg = fam.parse_config(config, source=args.config)
     else:
-        from parity.families.opensora_v13.statedict import infer_config
-        cfg = fam.parse_config(infer_config({k: v.shape for k, v in tensors.items()}, source=args.src),
-                               source=f"{args.src} (config inferred from the weights; pass --config)")
+        args.family, inferred = _infer_config(tensors, args.src, args.family)
+        fam = get_family(args.family)
+        cfg = fam.parse_config(inferred, source=f"{args.src} (config inferred from the weights; pass --config)")
     check_state_dict(tensors, fam.expected_state_dict_shapes(cfg), source=args.src)
     config = cfg.to_dict()
-    subject = load_probe_map(args.family).harness("subject")
-    convert = subject.convert_ms_to_torch if args.to == "torch" else subject.convert_torch_to_ms
-    out = convert(tensors, config)
+    from parity.plugins import load_plugin
+
+    subject = load_plugin(args.subject, "subject", args.subject_path)
+    if not hasattr(subject, "convert_weights"):
+        raise ParityError(f"--subject {subject.name}: the plug-in keeps the reference's parameter names (it has no "
+                          f"convert_weights); there is nothing to convert")
+    out = subject.convert_weights(tensors, args.family, config, "reference" if args.to == "torch" else "subject")
     dtypes = load_safetensors_dtypes(args.src) if args.src.endswith(".safetensors") else None
-    save_safetensors(args.dst, out, dtypes={k: dtypes[k] for k in out if k in dtypes} if dtypes else None)
-    print(f"wrote {args.dst} ({len(out)} tensors, {args.to} names)")
+    save_safetensors(args.dst, out, dtypes={k: dtypes[k] for k in out if k in dtypes} if dtypes else None,
+                     replace=args.force)
+    print(f"wrote {args.dst} ({len(out)} tensors, {'reference' if args.to == 'torch' else subject.name} names)")
     return EXIT_OK
 
 
@@ -234,13 +294,17 @@ def cmd_compare(args) -> int:
     from parity.tolerances import load_profiles
 
     modes = ("isolated", "accumulated") if args.mode == "both" else (args.mode,)
-    _check_device(args.device)
     if args.report:  # checked before any work: a report that cannot be written must not cost a comparison
         _check_output(args.report, "--report", "dir")
         names = [os.path.basename(os.path.normpath(p)) for p in args.dumps]
         if len(set(names)) != len(names):
             raise ParityError(f"{args.report}: several dumps share a directory name ({', '.join(names)}); their "
                               "reports would overwrite each other — compare them in separate runs")
+        from parity.report import check_report_dir
+        check_report_dir(args.report, names if len(names) > 1 else ())
+    if args.against and len(args.dumps) != 1:
+        raise ParityError(f"--against {args.against}: a subject dump belongs to one reference dump; pass exactly that "
+                          f"one ({len(args.dumps)} given)")
     if args.baseline:
         _require_file(args.baseline, "baseline report", dir_ok=True)
     if args.tolerances:
@@ -252,7 +316,8 @@ def cmd_compare(args) -> int:
     results = []
     for path in args.dumps:
         opts = CompareOptions(modes=modes, device=args.device, precision=args.precision, probes=args.probes,
-                              tolerance_file=args.tolerances, attention_backend=args.attention,
+                              tolerance_file=args.tolerances, subject=args.subject, subject_path=args.subject_path,
+                              subject_options=args.subject_option, against=args.against,
                               progress=not args.no_progress and _stderr_is_tty())
         result = compare_dump(path, opts)
         if baseline is not None:
@@ -273,6 +338,21 @@ def cmd_compare(args) -> int:
     return EXIT_OK if all(r["passed"] for r in results) else EXIT_PARITY_FAILURE
 
 
+def cmd_run_subject(args) -> int:
+    from parity.compare import CompareOptions
+    from parity.subject_dump import record_subject
+
+    _check_output(args.out, "--out", "dump")
+    modes = ("isolated", "accumulated") if args.mode == "both" else (args.mode,)
+    opts = CompareOptions(modes=modes, device=args.device, probes=args.probes, subject=args.subject,
+                          subject_path=args.subject_path, subject_options=args.subject_option, progress=False)
+    s = record_subject(args.reference_dump, args.out, opts, force=args.force)
+    print(f"wrote {s['out']} (subject {s['subject']}, {s['precision']}, {s['device']}, {' + '.join(s['modes'])}; "
+          f"{s['not_applicable']} probe(s) not applicable, {s['not_evaluated']} not evaluated); judge it anywhere "
+          f"with: parity compare {args.reference_dump} --against {s['out']}")
+    return EXIT_OK
+
+
 def _num(x) -> str:
     return "—" if x is None else f"{x:.3g}"
 
@@ -281,11 +361,14 @@ def _print_result(result: dict, verbose: bool) -> None:
     probes = result["probes"]
     n_pass = sum(p["passed"] for p in probes)
     status = "PASS" if result["passed"] else "FAIL"
-    print(f"{status} {result['case']} {result['precision']} ({result['subject_precision']}, {result['device']}, "
-          f"{result['mode']}): {n_pass}/{len(probes)} probes within tolerance, {result['duration_s']:.1f} s")
+    subject = (result.get("subject") or {}).get("plugin", "?")
+    print(f"{status} {printable(result['case'], 200)} {result['precision']} ({printable(subject, 80)}, "
+          f"{result['subject_precision']}, {result['device']}, {result['mode']}): {n_pass}/{len(probes)} probes "
+          f"within tolerance, {result['duration_s']:.1f} s")
     fd = result["first_divergence"]
     if fd:
-        print(f"first divergence: {fd['probe']} ({fd['mode']}) — torch {fd['torch_path']} / ms {fd['ms_path']}")
+        print(f"first divergence: {fd['probe']} ({fd['mode']}) — reference {fd.get('reference_path', '?')} / "
+              f"subject {fd.get('subject_path', '?')}")
     w = max([len(p["name"]) for p in probes] + [5])
     print(f"  {'probe':<{w}} {'mode':<11} {'max abs':>9} {'mean abs':>9} {'cosine':>10} {'atol':>8} {'rtol':>8}  ok")
     for p in probes:
@@ -294,6 +377,8 @@ def _print_result(result: dict, verbose: bool) -> None:
               f"{_num(p['atol']):>8} {_num(p['rtol']):>8}  {'ok' if p['passed'] else 'FAIL'}")
     for p in result.get("not_evaluated", []):
         print(f"  {p['name']:<{w}} {p['mode']:<11} not evaluated: {p['why']}")
+    for p in result.get("not_applicable", []):
+        print(f"  {p['name']:<{w}} {'—':<11} not applicable: {p['why']}")
     for note in result.get("notes", []):
         print(f"note: {note}")
     failing = [p for p in probes if not p["passed"]]
@@ -314,71 +399,76 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
-def _family_problems(path: str, problems: list[str]) -> list[str]:
-    """What only the model family can tell about a dump whose manifest is usable: config values, model inputs,
-    weight names/shapes against the config, NaN/Inf weights. Files already listed as broken are skipped."""
-    from parity import store
-    from parity.safetensors_io import load_safetensors, read_safetensors_header
-    from parity.weights import nonfinite_weights, shape_problems
+def _family_problems(dump, problems: list[str]) -> list[str]:
+    """What only the model family can tell about a dump whose manifest is usable: the family name, config values,
+    model inputs, state shapes, weight names/shapes against the config, NaN/Inf weights. Files already listed
+    as broken are skipped."""
     from parity.families import get_family
+    from parity.weights import nonfinite_weights, shape_problems
 
-    mpath = os.path.join(path, store.MANIFEST)
-    if any(p.startswith((mpath, f"{path}:")) for p in problems):
+    if any(p.startswith((dump.manifest_path, f"{dump.path}:")) for p in problems):
         return []  # the manifest itself is unusable: nothing to check against
-    try:  # the store's lenient pass: only the entries that passed the field checks
-        man, _, files, _ = store._inspect(path, hashes=False, finite=False, weights_hash=False)
-        dump = store.Dump(path, man, files)
-        fam = get_family(dump.family)
-    except (ParityError, KeyError, TypeError, ValueError):
-        return []
     try:
-        cfg = fam.parse_config(dump.config, source=os.path.join(path, store.CONFIG))
+        fam = get_family(dump.family, source=dump.manifest_path)
+        cfg = fam.parse_config(dump.config, source=os.path.join(dump.path, "config.json"))
     except ParityError as exc:
         return [str(exc)]
     found = []
     try:
-        inputs = dump.inputs()
+        header = dump.weights_header()
+        wpath = dump.weights_path()
     except ParityError:
-        inputs = None  # a broken input file is listed already
-    if inputs is not None:
+        header = None  # no usable weights: listed already
+    if header is not None:
         try:
-            fam.normalize_inputs(inputs, cfg, source=os.path.join(path, "inputs"))
-        except ParityError as exc:
-            found.append(str(exc))
-    w = man.get("weights")
-    wpath = store._weights_location(path, w) if isinstance(w, dict) and isinstance(w.get("path"), str) else None
-    if wpath and not any(p.startswith(wpath) for p in problems):
-        try:
-            header = read_safetensors_header(wpath)
             bad = shape_problems({k: s for k, (_, s) in header.items()}, fam.expected_state_dict_shapes(cfg))
             if bad:
                 found.append(f"{wpath}: weights do not match the config in manifest.json — {'; '.join(bad)}; "
                              "re-create the dump from the config that belongs to these weights")
             else:
                 floats = [k for k, (dt, _) in header.items() if dt.startswith(("float", "bfloat"))]
-                nonfinite = [k for k in floats if nonfinite_weights(load_safetensors(wpath, [k], mmap=True))]
+                nonfinite = nonfinite_weights(dump.load_weights(floats, mmap=True) if floats else {})
                 if nonfinite:
                     found.append(f"{wpath}: reference problem: {len(nonfinite)} weight(s) contain NaN/Inf "
                                  f"({', '.join(nonfinite[:5])}); re-create the dump from a healthy checkpoint")
         except ParityError as exc:
             found.append(str(exc))
+    inputs = None
+    try:
+        inputs = fam.normalize_inputs(dump.inputs(), cfg, source=os.path.join(dump.path, "inputs"))
+    except ParityError as exc:
+        if "inputs/" not in " ".join(problems):  # a broken input file is listed already
+            found.append(str(exc))
+    if inputs is not None and hasattr(fam, "probe_shapes"):
+        expected = fam.probe_shapes(cfg, inputs)
+        wrong = [f"{e['name']} {tuple(e['shape'])} (expected {tuple(expected[e['name']])})"
+                 for e in dump._files.values()
+                 if e["role"] != "input" and e["name"] in expected and tuple(e["shape"]) != tuple(expected[e["name"]])]
+        if wrong:
+            found.append(f"{dump.manifest_path}: {len(wrong)} state(s) do not have the shapes the config and inputs "
+                         f"imply: {', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''}; re-create the dump "
+                         "with 'parity dump'")
     return found
 
 
 def cmd_verify(args) -> int:
-    from parity.store import verify_dump
+    from parity.store import inspect_dump
 
     bad = []  # (dump, its problems)
     for path in args.dumps:
-        problems = verify_dump(path)
-        problems += _family_problems(path, problems)
+        dump, problems = inspect_dump(path)
+        if dump is not None:
+            try:
+                problems += _family_problems(dump, problems)
+            finally:
+                dump.close()
         if problems:
             bad.append((path, problems))
-            print(f"{path}: {len(problems)} problem(s)")
+            print(printable(f"{path}: {len(problems)} problem(s)"))
             for p in problems:
-                print(f"  - {p}")
+                print(f"  - {printable(p)}")
         else:
-            print(f"{path}: OK")
+            print(printable(f"{path}: OK"))
     if bad:  # one stderr line: the first problem, and how many more are listed on stdout
         path, problems = bad[0]
         more = f"{path}: {len(problems)} problem(s) in all" + (f", {len(bad) - 1} more dump(s) with problems"
@@ -396,17 +486,31 @@ class _Parser(argparse.ArgumentParser):
                                   f"--help'\n")
 
 
+def _plugin_args(s, side: str) -> None:
+    default = "torch-reference" if side == "reference" else "ms_impl"
+    s.add_argument(f"--{side}", metavar="NAME|module:attr",
+                   help=f"the {side} plug-in: a registered name ('parity plugins') or module:attr (default {default})")
+    s.add_argument(f"--{side}-path", metavar="DIR",
+                   help=f"a checkout holding the {side}'s code (put on sys.path; recorded with its git commit)")
+    s.add_argument(f"--{side}-option", metavar="KEY=VALUE", action="append",
+                   help=f"an option of the {side} plug-in (repeatable; 'parity plugins' lists them)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="parity", description="PyTorch -> MindSpore numerical parity harness "
-                                "(Open-Sora-Plan v1.3 OpenSoraT2V).")
+    p = _Parser(prog="parity", description="PyTorch -> MindSpore numerical parity harness for video diffusion "
+                                "transformers (reference and subject are plug-ins).")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    p.add_argument("--family", default="opensora_v13", help=argparse.SUPPRESS)
+    p.add_argument("--family", default=None, help="the model family (default: from the dump, the case or the config; "
+                   "'parity cases' lists them)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("cases", help="list the built-in cases")
     s.set_defaults(func=cmd_cases)
 
-    s = sub.add_parser("dump", help="run the torch reference with capture and write a reference dump")
+    s = sub.add_parser("plugins", help="list the registered reference and subject plug-ins")
+    s.set_defaults(func=cmd_plugins)
+
+    s = sub.add_parser("dump", help="run the reference with capture and write a reference dump")
     s.add_argument("--case", help="a built-in case (see 'parity cases')")
     s.add_argument("--config", help="upstream config.json")
     s.add_argument("--weights", help="upstream .safetensors state dict")
@@ -416,45 +520,68 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     s.add_argument("--out", required=True, help="dump directory to create")
     s.add_argument("--force", action="store_true", help="replace an existing dump")
-    s.add_argument("--threads", type=int, default=1,
+    s.add_argument("--threads", type=_threads, default=1,
                    help="torch intra-op threads (default 1: CPU reductions depend on it, so dumps reproduce exactly)")
     s.add_argument("--stats-only", action="store_true",
                    help="store per-probe statistics, sha256 and a sample of values instead of the tensors (very "
                         "large runs; 'parity compare' then applies the weaker stats criterion)")
+    _plugin_args(s, "reference")
     s.set_defaults(func=cmd_dump)
 
-    s = sub.add_parser("ingest", help="turn a folder of hand-dumped <probe>.npy files into a dump")
-    s.add_argument("legacy_dir")
+    s = sub.add_parser("ingest", help="turn a folder of hand-dumped <probe>.npy files, or an msprobe dump, into a "
+                                      "dump")
+    s.add_argument("legacy_dir", metavar="DIR")
+    s.add_argument("--from", dest="source", choices=("legacy", "msprobe"), default="legacy",
+                   help="legacy: a folder of <probe>.npy; msprobe: an msprobe dump_path (step*/rank*|proc*/dump.json)")
     s.add_argument("--config", required=True)
     s.add_argument("--weights", required=True)
     s.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                    help="precision of the hand dump (default: fp16 if any file is float16, else fp32)")
     s.add_argument("--out", required=True)
     s.add_argument("--force", action="store_true")
+    s.add_argument("--subject", metavar="NAME|module:attr",
+                   help="--from msprobe, a MindSpore dump: the subject plug-in whose overlay maps it (default ms_impl)")
+    s.add_argument("--subject-path", metavar="DIR", help="a checkout holding that plug-in's code")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("convert", help="convert a torch state dict to MindSpore names (strict) or back")
     s.add_argument("--src", required=True)
     s.add_argument("--dst", required=True)
     s.add_argument("--config", help="config.json to check shapes against (default: inferred from the weights)")
-    s.add_argument("--to", choices=("ms", "torch"), default="ms")
+    s.add_argument("--to", choices=("ms", "torch"), default="ms",
+                   help="ms: the subject plug-in's names (default); torch: back to the reference's names")
     s.add_argument("--force", action="store_true")
+    s.add_argument("--subject", metavar="NAME|module:attr", help="the plug-in whose names to convert to (default "
+                   "ms_impl)")
+    s.add_argument("--subject-path", metavar="DIR", help="checkout holding the plug-in's code")
     s.set_defaults(func=cmd_convert)
 
-    s = sub.add_parser("compare", help="compare the MindSpore model against reference dump(s)")
+    s = sub.add_parser("compare", help="compare a subject model against reference dump(s)")
     s.add_argument("dumps", nargs="+", metavar="DUMP")
     s.add_argument("--mode", choices=MODE_CHOICES, default="both")
     s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="expected dump precision (checked)")
     s.add_argument("--device", choices=("CPU", "GPU", "Ascend"), default="CPU")
-    s.add_argument("--attention", choices=("portable", "ascend", "ascend-emulated"),
-                   help="attention backend of the subject (default: by device)")
+    _plugin_args(s, "subject")
     s.add_argument("--report", metavar="DIR", help="write parity.json / parity.md / parity.png here")
     s.add_argument("--baseline", metavar="FILE", help="a previous parity.json: fail probes whose error grew > 2x")
     s.add_argument("--probes", nargs="+", metavar="GLOB", help="only probes matching these globs")
-    s.add_argument("--tolerances", metavar="FILE", help="tolerance profile file (default: parity/tolerances.json)")
+    s.add_argument("--tolerances", metavar="FILE", help="tolerance profile file (default: the family's own, parity/families/<family>/tolerances.json)")
     s.add_argument("--verbose", action="store_true", help="print the message of every failing probe")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--against", metavar="SUBJECT_DUMP",
+                   help="judge a subject dump made by 'parity run-subject' (no subject is run; no framework needed)")
     s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("run-subject", help="run the subject on a reference dump's inputs and write its probes as a "
+                                           "subject dump (to compare elsewhere with 'parity compare --against')")
+    s.add_argument("reference_dump", metavar="REF_DUMP")
+    s.add_argument("--out", required=True, help="subject dump directory to create")
+    s.add_argument("--mode", choices=MODE_CHOICES, default="both")
+    s.add_argument("--device", choices=("CPU", "GPU", "Ascend"), default="CPU")
+    s.add_argument("--probes", nargs="+", metavar="GLOB", help="only probes matching these globs")
+    s.add_argument("--force", action="store_true", help="replace an existing subject dump")
+    _plugin_args(s, "subject")
+    s.set_defaults(func=cmd_run_subject)
 
     s = sub.add_parser("report", help="re-render parity.md / parity.png from parity.json")
     s.add_argument("report_dir")
@@ -469,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("dump", "compare"):  # the commands that run models, possibly at real sizes
+    if args.command in ("dump", "compare", "run-subject"):  # the commands that run models, possibly at real sizes
         return_large_blocks_to_os()
     try:
         return args.func(args)

@@ -1,13 +1,15 @@
-"""The comparison engine: a reference dump and the subject model in, a per-probe verdict out.
+"""The comparison engine: a reference dump and a subject plug-in in, a per-probe verdict out.
 
 Two modes, both reported:
-- isolated: the subject runs each block (and the output head) on the reference's own inputs to it and
-  the reference's conditioning, so a probe's error is that layer's local error;
+- isolated: the subject runs each step of the family's teacher plan (every block, the output head) on the
+  reference's own inputs to it and the reference's conditioning, so a probe's error is that layer's local error;
 - accumulated: the subject runs freely from the reference inputs and every probe is compared.
 
-Probes are compared as the subject produces them, against the memory-mapped reference, and only their
-metrics are kept (peak memory: the model plus a few states). The first divergence is the earliest failing
-probe in isolated mode, or, if none fails there, in accumulated mode.
+The subject is any plug-in (``parity.plugins``): its overlay says where each probe lives in its model and how
+its layout maps to the reference's; the family's teacher plan says which reference probes feed which step.
+Probes are compared as the subject produces them, against the memory-mapped reference, and only their metrics
+are kept (peak memory: the model plus a few states). The first divergence is the earliest failing probe in the
+family's data-flow order in isolated mode, or, if none fails there, in accumulated mode.
 
 For bf16/fp16 dumps the accumulated verdict is reference-relative: the subject's error against the torch
 fp32 run may be at most k x the torch low-precision run's own error against it, plus a floor.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import os
 import platform
 import time
@@ -26,20 +27,23 @@ from typing import Any, Callable
 
 import numpy as np
 
-from parity.adapters import get_adapter
-from parity.errors import MissingProbe, ParityError, ReferenceProblem
+from parity.adapters import compare_mask_meaning, get_adapter
+from parity.errors import ParityError, ReferenceProblem
 from parity.families import get_family
 from parity.metrics import compute_metrics
-from parity.probemap import load_probe_map
+from parity.plugins import load_plugin, parse_options
+from parity.plugins.contract import StepNotRun
+from parity.probemap import MODES, Probe, capture_items
 from parity.progress import Progress
-from parity.safetensors_io import read_safetensors_header, release_pages
+from parity.runner import ModelRun, capture_run
+from parity.safetensors_io import release_pages
 from parity.stats import SAMPLE_SIZE, check as stats_check, subject_stats
 from parity.store import open_dump
-from parity.tolerances import load_profiles, relative_passed
+from parity.tolerances import family_path, load_profiles, relative_passed
 from parity.weights import check_finite, check_shapes
 
-MODES = ("isolated", "accumulated")
-REPORT_SCHEMA = "opensora-parity/report@1"
+REPORT_SCHEMA = "opensora-parity/report@2"
+REFERENCE_MASK_CONVENTION = "bias"   # the reference's masks are the model's additive biases
 
 
 @dataclass
@@ -49,8 +53,11 @@ class CompareOptions:
     precision: str | None = None
     probes: list | None = None            # glob patterns; None = every probe in the dump
     tolerance_file: str | None = None
-    attention_backend: str | None = None
+    subject: Any = None                   # plug-in name, "module:attr", or a plug-in object; None = ms_impl
+    subject_path: str | None = None       # a checkout holding the subject's code (--subject-path)
+    subject_options: list | dict | None = None   # KEY=VALUE strings (CLI) or a dict
     subject_patch: Callable[[Any], Any] | None = None   # model -> context manager (deliberately wrong variants)
+    against: str | None = None            # a subject dump (parity run-subject) to judge instead of running a subject
     progress: bool = True
     verify_checksums: bool = True
     extra: dict = field(default_factory=dict)
@@ -63,15 +70,34 @@ def _finite_or_none(x):
     return x if np.isfinite(x) else None
 
 
+def resolve_subject(opts: CompareOptions, reference_path: str | None = None):
+    """The subject plug-in and its checked options (with ``against``: the recorded subject of that dump)."""
+    if opts.against is not None:
+        from parity.subject_dump import RecordedSubject
+
+        if opts.subject is not None or opts.subject_options:
+            raise ParityError(f"--against {opts.against}: the subject was recorded there; drop --subject and "
+                              f"--subject-option")
+        return RecordedSubject(opts.against, reference_path, verify=opts.verify_checksums), {}
+    plugin = opts.subject if opts.subject is not None and not isinstance(opts.subject, str) else \
+        load_plugin(opts.subject, "subject", opts.subject_path)
+    if isinstance(opts.subject_options, dict):
+        options = parse_options([f"{k}={v}" for k, v in opts.subject_options.items()], plugin, "--subject-option")
+    else:
+        options = parse_options(opts.subject_options, plugin, "--subject-option")
+    return plugin, options
+
+
 class _Evaluator:
     """Compares one probe at a time and keeps only the verdict and metrics."""
 
-    def __init__(self, dump, specs, profiles, precision, adapter_params, progress):
+    def __init__(self, dump, probes: list[Probe], profiles, precision, context, adapters, progress):
         self.dump = dump
-        self.specs = {s.name: s for s in specs}
+        self.probes = {p.name: p for p in probes}
         self.profiles = profiles
         self.precision = precision
-        self.params = adapter_params
+        self.context = context
+        self.adapters = adapters
         self.progress = progress
         self.results: dict[tuple[str, str], dict] = {}
         self._lowp_err: dict[str, float] = {}
@@ -90,29 +116,34 @@ class _Evaluator:
             self._lowp_err[name] = float(m.max_abs)
         return self._lowp_err[name]
 
-    def __call__(self, mode: str, name: str, array: np.ndarray) -> None:
-        spec = self.specs.get(name)
-        if spec is None or (mode, name) in self.results:
+    def __call__(self, mode: str, name: str, array) -> None:
+        probe = self.probes.get(name)
+        if probe is None or (mode, name) in self.results:
             return
-        sub = get_adapter(spec.ms_adapter).to_reference(np.asarray(array), **self.params)
+        view = probe.subject
+        array = np.asarray(array)
+        if view.compare == "meaning":
+            self._meaning_probe(mode, probe, array)
+            return
+        sub = get_adapter(view.adapter, self.adapters).to_reference(array, **self.context)
         if self.dump.stats_only:
-            self._stats_probe(mode, spec, sub)
+            self._stats_probe(mode, probe, sub)
             return
         ref = self._reference(name)
         try:
-            self._judge(mode, spec, sub, ref)
+            self._judge(mode, probe, sub, ref)
         finally:  # the reference's pages were only needed for this probe: out of RSS again (the file keeps them)
             release_pages(ref)
 
-    def _judge(self, mode: str, spec, sub: np.ndarray, ref: np.ndarray) -> None:
-        name = spec.name
-        tol = self.profiles.lookup(self.precision, spec.probe_class, mode)
+    def _judge(self, mode: str, probe: Probe, sub: np.ndarray, ref: np.ndarray) -> None:
+        name = probe.name
+        tol = self.profiles.lookup(self.precision, probe.probe_class, mode)
         use_relative = (tol.relative is not None and mode == "accumulated" and self.dump.has_fp32_states
-                        and spec.probe_class not in ("input", "mask"))
+                        and probe.probe_class not in ("input", "mask"))
         if tuple(sub.shape) != tuple(ref.shape):
-            self._record(mode, spec, None, tol, False, "absolute",
+            self._record(mode, probe, None, tol, False, "absolute",
                          f"probe {name} ({mode}): subject shape {tuple(sub.shape)} vs reference {tuple(ref.shape)} "
-                         f"(ms {spec.ms_path}, adapter {spec.ms_adapter})", shape=ref.shape)
+                         f"(subject {probe.subject_path}, adapter {probe.subject.adapter})", shape=ref.shape)
             return
         lowp = None
         if use_relative:
@@ -127,85 +158,102 @@ class _Evaluator:
             msg = ("" if passed else
                    f"probe {name} ({mode}): error vs the torch fp32 run {metrics.max_abs:.3g} exceeds "
                    f"k={tol.relative.k:g} x torch-{self.precision} error {lowp:.3g} + floor {tol.relative.floor:g} "
-                   f"= {bound:.3g} (profile {self.precision}/{spec.probe_class}/{mode}, relative); "
+                   f"= {bound:.3g} (profile {self.precision}/{probe.probe_class}/{mode}, relative); "
                    f"nan={metrics.nan_sub} inf={metrics.inf_sub}")
         else:
             metrics = compute_metrics(ref, sub, atol=tol.atol, rtol=tol.rtol, name=name)
             finite = metrics.nan_sub == 0 and metrics.inf_sub == 0
             passed = bool(finite and metrics.n_outside == 0)
             atol, rtol, criterion = tol.atol, tol.rtol, "absolute"
-            msg = "" if passed else _mismatch_message(name, mode, spec, metrics, tol, self.precision)
-        self._record(mode, spec, metrics, tol, passed, criterion, msg, atol=atol, rtol=rtol, lowp=lowp)
+            msg = "" if passed else _mismatch_message(name, mode, probe, metrics, tol, self.precision)
+        self._record(mode, probe, metrics, tol, passed, criterion, msg, atol=atol, rtol=rtol, lowp=lowp)
 
-    def _stats_probe(self, mode: str, spec, sub: np.ndarray) -> None:
+    def _meaning_probe(self, mode: str, probe: Probe, sub: np.ndarray) -> None:
+        """A mask in another convention: compared by which keys each query may attend (and padding)."""
+        tol = self.profiles.lookup(self.precision, probe.probe_class, mode)
+        if self.dump.stats_only:
+            self._record(mode, probe, None, tol, False, "meaning",
+                         f"probe {probe.name} ({mode}): a stats-only dump cannot be compared by meaning; re-dump "
+                         f"without --stats-only", shape=())
+            return
+        ref = np.asarray(self._reference(probe.name))
+        v = compare_mask_meaning(ref, sub, REFERENCE_MASK_CONVENTION, probe.subject.convention)
+        release_pages(ref)
+        message = "" if v.passed else (f"probe {probe.name} ({mode}, compared by meaning: {v.checked}): {v.message}"
+                                       f"\nreference: {probe.reference_path} | subject: {probe.subject_path}")
+        extra = {"compared_by": f"meaning: {v.checked}; subject convention {probe.subject.convention!r}",
+                 "frac_outside": (v.n_mismatch / v.n) if v.n else None}
+        self._record(mode, probe, None, tol, v.passed, "meaning", message, shape=ref.shape, extra=extra)
+
+    def _stats_probe(self, mode: str, probe: Probe, sub: np.ndarray) -> None:
         """Stats-only dump: judge the subject's statistics and sample (parity.stats.check)."""
-        ref = self.dump.stats(spec.name)
-        tol = self.profiles.lookup(self.precision, spec.probe_class, mode)
-        got = subject_stats(sub, ref, where=f"probe {spec.name} (subject)")
+        ref = self.dump.stats(probe.name)
+        tol = self.profiles.lookup(self.precision, probe.probe_class, mode)
+        got = subject_stats(sub, ref, where=f"probe {probe.name} (subject)")
         v = stats_check(ref, got, tol.atol, tol.rtol)
         msg = "" if v["passed"] else (
-            f"probe {spec.name} ({mode}, stats-only comparison, profile {self.precision}/{spec.probe_class}/{mode} "
+            f"probe {probe.name} ({mode}, stats-only comparison, profile {self.precision}/{probe.probe_class}/{mode} "
             f"atol={tol.atol:g} rtol={tol.rtol:g}): " + "; ".join(v["failures"][:4])
-            + f"\ntorch: {spec.torch_path} | ms: {spec.ms_path}")
+            + f"\nreference: {probe.reference_path} | subject: {probe.subject_path}")
         extra = {"shape": list(ref["shape"]), "max_abs": _finite_or_none(v["sample_max_abs"]),
                  "nan_ref": int(ref["nan"]), "inf_ref": int(ref["inf"]), "nan_sub": int(got["nan"]),
                  "inf_sub": int(got["inf"]),
                  "stats": {"bit_identical": v["bit_identical"], "sample_n": v["sample_n"],
                            "sample_outside": v["sample_outside"], "worst_statistic": v["worst"],
                            "worst_ratio": _finite_or_none(v["worst_ratio"])}}
-        self._record(mode, spec, None, tol, v["passed"], "stats", msg, shape=ref["shape"], extra=extra)
+        self._record(mode, probe, None, tol, v["passed"], "stats", msg, shape=ref["shape"], extra=extra)
 
-    def _record(self, mode, spec, metrics, tol, passed, criterion, message, *, atol=None, rtol=None, lowp=None,
-                shape=None, extra=None):
+    def _record(self, mode, probe: Probe, metrics, tol, passed, criterion, message, *, atol=None, rtol=None,
+                lowp=None, shape=None, extra=None):
         m = metrics.to_dict() if metrics is not None else {}
         entry = {
-            "name": spec.name, "mode": mode, "probe_class": spec.probe_class, "block": spec.block,
+            "name": probe.name, "mode": mode, "probe_class": probe.probe_class, "block": probe.block,
             "shape": list(m.get("shape", shape or ())),
             **{k: _finite_or_none(m.get(k)) for k in ("max_abs", "mean_abs", "max_rel", "cosine", "rel_fro",
                                                       "p99_abs", "frac_outside", "min_passing_atol")},
             **{k: int(m.get(k, 0)) for k in ("nan_ref", "nan_sub", "inf_ref", "inf_sub")},
             "atol": float(tol.atol if atol is None else atol), "rtol": float(tol.rtol if rtol is None else rtol),
             "criterion": criterion, "lowp_ref_max_abs": _finite_or_none(lowp), "baseline_max_abs": None,
-            "passed": bool(passed), "message": message, "torch_path": spec.torch_path, "ms_path": spec.ms_path,
+            "passed": bool(passed), "message": message, "reference_path": probe.reference_path,
+            "subject_path": probe.subject_path,
         }
         if metrics is not None and not np.isfinite(m.get("max_abs", 0.0)):
             entry["max_abs"] = None
         if extra:
             entry.update(extra)
-        self.results[(mode, spec.name)] = entry
+        self.results[(mode, probe.name)] = entry
         if self.progress is not None:
-            self.progress.update(1, f"{mode} {spec.name}")
+            self.progress.update(1, f"{mode} {probe.name}")
 
 
 def _fmt_index(idx) -> str:
     return "(" + ", ".join(str(int(i)) for i in idx) + ")" if idx is not None else "?"
 
 
-def _mismatch_message(name, mode, spec, m, tol, precision) -> str:
-    head = (f"Not equal to tolerance rtol={tol.rtol:g}, atol={tol.atol:g} (profile {precision}/{spec.probe_class}/"
+def _mismatch_message(name, mode, probe: Probe, m, tol, precision) -> str:
+    head = (f"Not equal to tolerance rtol={tol.rtol:g}, atol={tol.atol:g} (profile {precision}/{probe.probe_class}/"
             f"{mode}) — probe {name}: mismatched elements: {m.n_outside} / {m.n} ({100 * m.frac_outside:.4g}%)")
     lines = [head,
              f"Max absolute difference: {m.max_abs:.6g} at index {_fmt_index(m.argmax_abs)}: "
              f"ref={m.ref_at_max:.7g} sub={m.sub_at_max:.7g}",
              f"Max relative difference: {m.max_rel:.6g}",
              f"Minimal passing atol at rtol={tol.rtol:g}: {m.min_passing_atol:.6g}",
-             f"torch: {spec.torch_path} | ms: {spec.ms_path}"]
+             f"reference: {probe.reference_path} | subject: {probe.subject_path}"]
     if m.nan_sub or m.inf_sub:
         lines.append(f"subject has {m.nan_sub} NaN and {m.inf_sub} Inf values (never zeroed out)")
     return "\n".join(lines)
 
 
-def _config_mismatch(dump) -> None:
-    path = os.path.join(dump.path, "config.json")
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            on_disk = json.load(fh)
-    except (OSError, ValueError):
-        raise ParityError(f"{path}: missing or unreadable; the dump is incomplete — re-create it") from None
-    if on_disk != dump.config:
-        diff = sorted(k for k in set(on_disk) | set(dump.config) if on_disk.get(k) != dump.config.get(k))
-        raise ParityError(f"{path}: differs from the config in manifest.json ({', '.join(diff[:5])}); the reference "
-                          f"and the subject would be built from different configs — re-create the dump")
+def _select(probes: list[Probe], dump, dump_path: str, patterns) -> list[Probe]:
+    present = set(dump.probes)
+    selected = [p for p in probes if p.name in present]
+    if patterns:
+        selected = [p for p in selected if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
+        if not selected:
+            raise ParityError(f"{dump_path}: --probes {' '.join(patterns)} matches no probe in the dump; use "
+                              f"globs over its probe names (e.g. {dump.probes[0] if dump.probes else 'none'}, "
+                              f"'hidden_states_*_block')")
+    return selected
 
 
 def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
@@ -219,82 +267,145 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     if opts.precision is not None and opts.precision != dump.precision:
         raise ParityError(f"{dump_path}: dump precision is {dump.precision} but --precision {opts.precision} was "
                           f"asked; compare it at {dump.precision} or pick a {opts.precision} dump")
-    _config_mismatch(dump)
-    fam = get_family(dump.family)
+    if dump.manifest.get("extra", {}).get("side") == "subject":
+        raise ParityError(f"{dump_path}: is a subject dump (parity run-subject); compare the reference dump it was made "
+                          f"from with --against {dump_path}")
+    fam = get_family(dump.family, source=dump.manifest_path)
     cfg = fam.parse_config(dump.config, source=os.path.join(dump_path, "config.json"))
-    pmap = load_probe_map(dump.family)
-    specs = [s for s in pmap.probes(fam.num_layers(cfg)) if s.name in set(dump.probes)]
-    if opts.probes:
-        specs = [s for s in specs if any(fnmatch.fnmatchcase(s.name, pat) for pat in opts.probes)]
-        if not specs:
-            raise ParityError(f"{dump_path}: --probes {' '.join(opts.probes)} matches no probe in the dump; use "
-                              f"globs over its probe names (e.g. {dump.probes[0] if dump.probes else 'none'}, "
-                              f"'hidden_states_*_block')")
-    profiles = load_profiles(opts.tolerance_file)
+    plugin, plugin_options = resolve_subject(opts, dump_path)
+    if opts.against is not None:
+        missing = [m for m in opts.modes if m not in plugin.modes]
+        if missing:
+            raise ParityError(f"{opts.against}: the subject dump was made with --mode {' '.join(plugin.modes)}, not "
+                              f"{' '.join(missing)}; compare with --mode {' '.join(plugin.modes)} or record it again")
+        opts = replace(opts, device=plugin.device)
+    run = ModelRun(plugin, dump.family, cfg)
+    getattr(plugin, "check_device", lambda _d: None)(opts.device)
+    probes = _select(run.probes, dump, dump_path, opts.probes)
+    profiles = load_profiles(opts.tolerance_file or family_path(dump.family))
     notes = []
     if dump.stats_only:
         opts, notes = _stats_only_modes(dump, dump_path, opts)
-    cfg_dict = cfg.to_dict()
     # everything about the reference is checked before the subject is built, so bad input costs no model run
     expected_shapes = getattr(fam, "expected_state_dict_shapes", None)
     if expected_shapes is not None:  # from the safetensors header: nothing is loaded yet
         wpath = dump.weights_path()
-        check_shapes({k: s for k, (_, s) in read_safetensors_header(wpath).items()}, expected_shapes(cfg),
+        check_shapes({k: s for k, (_, s) in dump.weights_header().items()}, expected_shapes(cfg),
                      source=wpath)
     inputs = fam.normalize_inputs(dump.inputs(), cfg, source=os.path.join(dump_path, "inputs"))
-    _check_reference_finite(dump, specs, opts.modes)
-    subject = pmap.harness("subject")
+    _check_reference_finite(dump, probes, opts.modes)
+    if hasattr(fam, "check_run"):
+        fam.check_run(cfg, inputs, dump, dump.precision, source=dump.manifest_path)
+    context = run.context(inputs)
+    plan = run.plan(inputs)
     # memory-mapped, and released page by page once checked and once copied into the model: the weights are
     # held once (by the model), not twice
     weights = dump.load_weights(mmap=True)
     check_finite(weights, dump.weights_path())
-    progress = Progress(len(specs) * len(opts.modes), f"compare {os.path.basename(os.path.normpath(dump_path))}",
+    produced = [p for p in probes if p.subject.capture is not None or (p.name in plan and "isolated" in opts.modes)]
+    progress = Progress(len(produced) * len(opts.modes), f"compare {os.path.basename(os.path.normpath(dump_path))}",
                         enabled=opts.progress)
-    evaluator = _Evaluator(dump, specs, profiles, dump.precision, pmap.adapter_params(cfg_dict), progress)
-    model = subject.build_model(cfg_dict, weights, dump.precision, device=opts.device,
-                                attention_backend=opts.attention_backend)
+    evaluator = _Evaluator(dump, probes, profiles, dump.precision, context, run.adapters, progress)
+    model = run.build(weights, dump.precision, opts.device, plugin_options)
     del weights
+    not_evaluated: list[dict] = []
     patch = opts.subject_patch(model) if opts.subject_patch else contextlib.nullcontext()
     try:
         with patch:
             if "isolated" in opts.modes:
-                subject.run_isolated(model, cfg_dict, _reference_getter(dump), inputs, specs,
-                                     lambda n, a, _dt=None: evaluator("isolated", n, a))
+                not_evaluated += run.isolated(inputs, dump.state, lambda n, a: evaluator("isolated", n, a),
+                                              names={p.name for p in probes}, present=set(dump.probes))
             if "accumulated" in opts.modes:
-                subject.capture(model, inputs, specs, lambda n, a, _dt=None: evaluator("accumulated", n, a))
+                run.capture(inputs, lambda n, a, _dt=None: evaluator("accumulated", n, a),
+                            names={p.name for p in probes})
     finally:
         progress.close()
-    partial = len(dump.probes) < len(pmap.probes(fam.num_layers(cfg)))
-    not_evaluated = []
+    not_applicable = [{"name": p.name, "why": p.subject.not_applicable} for p in probes
+                      if p.subject.capture is None and p.subject.not_applicable]
+    skipped = {(e["mode"], e["name"]) for e in not_evaluated} | {
+        (m, e["name"]) for e in not_applicable for m in opts.modes
+        if not (m == "isolated" and e["name"] in plan)}
     for mode in opts.modes:
-        for spec in specs:
-            if (mode, spec.name) not in evaluator.results and mode == "isolated" and partial:
-                not_evaluated.append({"name": spec.name, "mode": mode, "why": "its teacher-forcing input is missing "
-                                      "from this partial reference dump"})
-                continue
-            if (mode, spec.name) not in evaluator.results:
-                tol = profiles.lookup(dump.precision, spec.probe_class, mode)
-                evaluator._record(mode, spec, None, tol, False, "absolute",
-                                  f"probe {spec.name} ({mode}): the subject never produced it "
-                                  f"(ms {spec.ms_path}); check the probe map's ms_capture", shape=())
-    probes = [evaluator.results[(mode, s.name)] for mode in MODES if mode in opts.modes for s in specs
-              if (mode, s.name) in evaluator.results]
-    result = _assemble(dump, dump_path, opts, subject, probes, time.monotonic() - t0, profiles)
+        for p in probes:
+            if (mode, p.name) not in evaluator.results and (mode, p.name) not in skipped:
+                tol = profiles.lookup(dump.precision, p.probe_class, mode)
+                evaluator._record(mode, p, None, tol, False, "absolute",
+                                  f"probe {p.name} ({mode}): the subject never produced it (subject "
+                                  f"{p.subject_path}); check the subject overlay's capture for it", shape=())
+    ordered = [evaluator.results[(mode, p.name)] for mode in MODES if mode in opts.modes for p in probes
+               if (mode, p.name) in evaluator.results]
+    result = _assemble(dump, dump_path, opts, plugin, plugin_options, ordered, time.monotonic() - t0, profiles)
     result["not_evaluated"] = not_evaluated
+    result["not_applicable"] = not_applicable
     if dump.stats_only:
         result["comparison"] = "stats-only"
+    notes += _missing_reference_notes(dump)
     if notes:
         result["notes"] = notes
     return result
 
 
-def _check_reference_finite(dump, specs, modes) -> None:
+def run_isolated(plugin, model, family: str, inputs: dict, probes: list[Probe], views: dict, plan: dict,
+                 context: dict, reference: Callable[[str], np.ndarray], present: set, on_probe,
+                 adapters: dict | None = None) -> list[dict]:
+    """Teacher forcing. Plain probes (inputs, masks, embeddings) come from a forward on the reference inputs;
+    every probe of ``plan`` (the family's ``teacher_plan``, by probe) from the subject's ``run_step`` on the
+    reference's own inputs to it (``reference(name)``, reference layout), each converted to the subject's layout
+    by the subject's adapter for that probe (``views``: probe name -> the subject's ``SideView``). Results go to
+    ``on_probe(name, array)``; returns what could not be evaluated, with the reason."""
+    plain = [p for p in probes if p.name not in plan]
+    items = capture_items(plain, "subject")
+    if items:
+        capture_run(plugin, model, family, inputs, items, lambda n, a, _dt=None: on_probe(n, a), mode="isolated")
+    steps = [plan[p.name] for p in probes if p.name in plan]
+    run_step = getattr(plugin, "run_step", None)
+    if steps and run_step is None:
+        return [{"name": s.probe, "mode": "isolated", "why": f"the subject plug-in {plugin.name} has no run_step "
+                 f"(isolated mode needs it)"} for s in steps]
+    skipped = []
+    for step in steps:
+        missing = list(dict.fromkeys(p for p in step.inputs.values() if p not in present))
+        if missing:
+            what = (f"its teacher input {missing[0]} is" if len(missing) == 1
+                    else f"its teacher inputs {', '.join(missing)} are")
+            skipped.append({"name": step.probe, "mode": "isolated", "why": f"{what} not in the reference dump"})
+            continue
+        teacher = {}
+        for role, source in step.inputs.items():
+            view = views.get(source)
+            if view is None:
+                raise ParityError(f"family {family}: the teacher plan feeds {step.probe} from {source!r}, which is "
+                                  f"not a probe of the family; fix the family's teacher_plan")
+            arr = np.asarray(reference(source), dtype=np.float32)
+            adapter = get_adapter(view.adapter if view.compare == "values" else "identity", adapters)
+            teacher[role] = np.ascontiguousarray(adapter.from_reference(arr, **context), dtype=np.float32)
+        try:
+            out = run_step(model, step, teacher)
+        except StepNotRun as exc:
+            skipped.append({"name": step.probe, "mode": "isolated", "why": str(exc)})
+            continue
+        on_probe(step.probe, out)
+    return skipped
+
+
+def _missing_reference_notes(dump) -> list[str]:
+    """A dump ingested from another tool's format (msprobe) says which probes it could not provide and how to get
+    them; the report repeats it, grouped by fix."""
+    groups: dict = {}
+    for m in dump.manifest.get("extra", {}).get("missing_reasons") or []:
+        if isinstance(m, dict) and isinstance(m.get("name"), str):
+            groups.setdefault((str(m.get("reason", "")), str(m.get("fix", ""))), []).append(m["name"])
+    return [f"the reference dump lacks {', '.join(names)}: {reason}; to get {'it' if len(names) == 1 else 'them'}: "
+            f"{fix}" for (reason, fix), names in groups.items()]
+
+
+def _check_reference_finite(dump, probes, modes) -> None:
     """NaN/Inf in a reference state is a ReferenceProblem (exit 2, not a subject failure), raised up front."""
     roles = ("state", "state_fp32") if dump.has_fp32_states and "accumulated" in modes else ("state",)
-    for spec in specs:
+    for p in probes:
         for role in roles:
             try:
-                n_nan, n_inf = dump.nonfinite_counts(spec.name, role)
+                n_nan, n_inf = dump.nonfinite_counts(p.name, role)
             except ParityError:
                 if role == "state":
                     raise
@@ -302,7 +413,7 @@ def _check_reference_finite(dump, specs, modes) -> None:
             if n_nan or n_inf:
                 folder = "states" if role == "state" else "states_fp32"
                 raise ReferenceProblem(
-                    f"{os.path.join(dump.path, folder, spec.name + '.npy')}: reference problem — probe {spec.name} "
+                    f"{os.path.join(dump.path, folder, p.name + '.npy')}: reference problem — probe {p.name} "
                     f"has {n_nan} NaN and {n_inf} Inf value(s) in the reference itself, not in the subject; fix the "
                     f"reference run (low-precision overflow or bad inputs?) and re-create the dump")
 
@@ -326,55 +437,54 @@ def _stats_only_modes(dump, dump_path, opts):
     return replace(opts, modes=("accumulated",)), notes
 
 
-def _reference_getter(dump) -> Callable[[str], np.ndarray]:
-    """The reference states for teacher forcing; a probe absent from a partial dump is a ``MissingProbe``."""
-    present = set(dump.probes)
-
-    def reference(name: str) -> np.ndarray:
-        if name not in present:
-            raise MissingProbe(f"{dump.path}: the reference dump has no probe {name!r}")
-        return dump.state(name)
-    return reference
-
-
 def first_divergence(probes: list[dict]) -> dict | None:
+    """The first failing probe of isolated mode, else of accumulated mode, in the order given (the engine gives
+    the family's data-flow order)."""
     for mode in MODES:
         for p in probes:
             if p["mode"] == mode and not p["passed"]:
-                return {"probe": p["name"], "mode": mode, "torch_path": p["torch_path"], "ms_path": p["ms_path"]}
+                return {"probe": p["name"], "mode": mode, "reference_path": p.get("reference_path", ""),
+                        "subject_path": p.get("subject_path", "")}
     return None
 
 
 def block_table(probes: list[dict]) -> list[dict]:
-    blocks: dict[int, dict] = {}
+    """One row per block probe (per block index, and per kind where a block index has several, e.g. STDiT3's
+    spatial and temporal blocks), in the order given: isolated and accumulated max |Δ| and their ratio."""
+    rows: dict[str, dict] = {}
     for p in probes:
         if p.get("block") is None:
             continue
-        row = blocks.setdefault(p["block"], {"block": p["block"], "isolated_max_abs": None, "accumulated_max_abs": None,
-                                             "growth": None})
+        row = rows.setdefault(p["name"], {"block": p["block"], "probe": p["name"], "isolated_max_abs": None,
+                                          "accumulated_max_abs": None, "growth": None})
         row[f"{p['mode']}_max_abs"] = p["max_abs"]
-    for row in blocks.values():
+    for row in rows.values():
         iso, acc = row["isolated_max_abs"], row["accumulated_max_abs"]
         if iso is not None and acc is not None:
             row["growth"] = acc / iso if iso > 0 else (None if acc > 0 else 1.0)
-    return [blocks[k] for k in sorted(blocks)]
+    return sorted(rows.values(), key=lambda r: r["block"])
 
 
-def _assemble(dump, dump_path, opts, subject, probes, duration, profiles) -> dict:
+def _assemble(dump, dump_path, opts, plugin, plugin_options, probes, duration, profiles) -> dict:
+    described = dict(plugin.describe())
+    described["options"] = dict(plugin_options)
     versions = {"python": platform.python_version(), "numpy": np.__version__}
-    versions.update(getattr(subject, "versions", lambda: {})())
+    versions.update(described.get("versions") or {})
     return {
         "schema": REPORT_SCHEMA,
         "case": dump.case or os.path.basename(os.path.normpath(dump_path)),
         "dump": os.path.abspath(dump_path),
+        "family": dump.family,
         "precision": dump.precision,
-        "subject_precision": subject.precision_label(dump.precision, opts.device),
+        "subject_precision": plugin.precision_label(dump.precision, opts.device),
         "device": opts.device,
         "mode": "both" if len(opts.modes) == 2 else opts.modes[0],
         "passed": all(p["passed"] for p in probes),
         "first_divergence": first_divergence(probes),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": versions,
+        "subject": described,
+        "reference": dump.manifest.get("extra", {}).get("reference") or {"versions": dump.manifest.get("versions", {})},
         "duration_s": round(duration, 3),
         "tolerance_file": profiles.path,
         "tolerance_version": profiles.version,

@@ -1,6 +1,7 @@
-"""Reference side of the pipeline: run the torch reference with capture and write a dump; ingest hand dumps.
+"""Reference side of the pipeline: run a reference plug-in with capture and write a dump; ingest hand dumps.
 
-The torch code is reached through the family's probe map (``reference.harness``), never imported here.
+The reference model is reached through the plug-in contract (``parity.plugins``; default ``torch-reference``),
+never imported here.
 """
 
 from __future__ import annotations
@@ -15,12 +16,22 @@ from parity.dtypes import PRECISIONS, round_to_bf16
 from parity.errors import ParityError
 from parity.families import DEFAULT_FAMILY, get_family
 from parity.inputs_io import load_tensor_file
-from parity.probemap import load_probe_map
+from parity.plugins import load_plugin, parse_options
+from parity.runner import ModelRun
 from parity.store import DumpWriter, sha256_file
 
 # Checkpoints above this size are referenced by path + sha256 instead of being copied into the dump.
 EXTERNAL_WEIGHTS_BYTES = 256 * 2**20
 WEIGHT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+MAX_THREADS = 1024
+
+
+def _weights_header_check(fam, cfg, source: str):
+    """Names and shapes of a weights file, checked against the config before any tensor is read."""
+    from parity.weights import check_shapes
+
+    return lambda header: check_shapes({k: s for k, (_, s) in header.items()}, fam.expected_state_dict_shapes(cfg),
+                                       source)
 
 
 def round_to_precision(weights: dict[str, np.ndarray], precision: str) -> dict[str, np.ndarray]:
@@ -37,10 +48,25 @@ def _check_precision(precision: str) -> None:
         raise ParityError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
 
 
-def versions(harness) -> dict:
-    out = {"python": platform.python_version(), "numpy": np.__version__}
-    out.update(getattr(harness, "versions", lambda: {})())
-    return out
+def resolve_reference(reference=None, reference_path: str | None = None, reference_options=None):
+    """The reference plug-in (a name, ``module:attr`` or a plug-in object; default ``torch-reference``) and its
+    checked options (``KEY=VALUE`` strings or a dict)."""
+    plugin = reference if reference is not None and not isinstance(reference, str) else \
+        load_plugin(reference, "reference", reference_path)
+    pairs = ([f"{k}={v}" for k, v in reference_options.items()] if isinstance(reference_options, dict)
+             else reference_options)
+    return plugin, parse_options(pairs, plugin, "--reference-option")
+
+
+def provenance(plugin, options: dict) -> tuple[dict, dict]:
+    """``(versions, description)`` of a plug-in for a manifest: library versions, and who made the states."""
+    described = dict(plugin.describe())
+    described["options"] = dict(options)
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    versions.update(described.get("versions") or {})
+    if described.get("git_commit"):
+        versions[f"{plugin.name} checkout"] = described["git_commit"]
+    return versions, described
 
 
 def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp32",
@@ -48,8 +74,12 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
                    case: str | None = None, inputs_seed: int | None = None, force: bool = False,
                    family: str = DEFAULT_FAMILY, config_source: str = "config",
                    inputs_source: str = "inputs", progress: Callable[[str], None] | None = None,
-                   threads: int = 1, stats_only: bool = False) -> dict:
+                   threads: int = 1, stats_only: bool = False, reference=None, reference_path: str | None = None,
+                   reference_options=None) -> dict:
     """Run the reference on ``inputs`` and write a dump to ``out``; returns a small summary dict.
+
+    The reference is a plug-in (``reference``: a registered name, ``module:attr`` or a plug-in object; default
+    ``torch-reference``), loaded from ``reference_path`` if given; its provenance goes into the manifest.
 
     Weights come from ``weights`` (in memory), ``weights_path`` (safetensors) or ``seed`` (random init).
     For bf16/fp16 the same model is also run in fp32 on the rounded weights (``states_fp32``), which the
@@ -64,30 +94,40 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
     fam = get_family(family)
     cfg = fam.parse_config(config, source=config_source)
     inputs = fam.normalize_inputs(inputs, cfg, source=inputs_source)
-    pmap = load_probe_map(family)
-    specs = pmap.probes(fam.num_layers(cfg))
+    if hasattr(fam, "check_memory"):
+        fam.check_memory(cfg, inputs, precision, source=config_source)
     cfg_dict = cfg.to_dict()
 
-    if threads < 1:
-        raise ParityError(f"--threads must be >= 1, got {threads}; pass --threads 1 (the default)")
+    if not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ParityError(f"--threads must be an integer in [1, {MAX_THREADS}], got {threads!r}; pass --threads 1 "
+                          "(the default)")
     if weights is None and weights_path is not None:
-        weights = load_tensor_file(weights_path, "weights")
+        weights = load_tensor_file(weights_path, "weights", check=_weights_header_check(fam, cfg, weights_path))
     if weights is not None:  # names, shapes and values are checked before anything is written
         from parity.weights import check_state_dict
         check_state_dict(weights, fam.expected_state_dict_shapes(cfg), source=weights_path or "weights")
-    ref = pmap.harness("reference")  # torch is imported only once the given files are known to be usable
+    if weights is None and seed is None:
+        raise ParityError("no weights: pass --weights W.safetensors or --seed N for random weights")
+    # the framework is imported only once the given files are known to be usable
+    ref, ref_options = resolve_reference(reference, reference_path, reference_options)
+    run = ModelRun(ref, family, cfg, side="reference")
+    absent = [p.name for p in run.probes if p.reference.capture is None]
+    if absent:
+        raise ParityError(f"the reference plug-in {ref.name} does not produce {', '.join(absent[:5])}; a reference "
+                          f"must hold every probe of the family (a subject may leave some out)")
+    context = run.context(inputs)
     if weights is None:
-        if seed is None:
-            raise ParityError("no weights: pass --weights W.safetensors or --seed N for random weights")
-        weights = ref.random_weights(cfg_dict, seed)
+        weights = ref.random_weights(family, cfg_dict, seed)
     weights_lowp = round_to_precision(weights, precision)
+    versions_, described = provenance(ref, ref_options)
 
     seeds = {"weights": seed, "inputs": inputs_seed}
     say = progress or (lambda _msg: None)
     nonfinite: list[str] = []
     with DumpWriter(out, family=family, precision=precision, config=cfg_dict, seeds=seeds,
-                    versions=versions(ref), case=case, producer="parity dump", force=force,
-                    extra={"threads": threads}, stats_only=stats_only) as writer, ref.fixed_threads(threads):
+                    versions=versions_, case=case, producer="parity dump", force=force,
+                    extra={"threads": threads, "reference": described}, stats_only=stats_only) as writer, \
+            ref.session(threads):
         for name, arr in inputs.items():
             writer.add_input(name, arr)
         external = (weights_path is not None and os.path.getsize(weights_path) > EXTERNAL_WEIGHTS_BYTES)
@@ -98,23 +138,43 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
 
         def record(role: str) -> Callable[[str, np.ndarray, str], None]:
             def on_probe(name: str, array: np.ndarray, dtype: str) -> None:
+                array = run.to_reference(name, array, context)
                 if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
                     nonfinite.append(f"{role}/{name}")
                 writer.add_state(name, array, dtype=dtype, role=role)
             return on_probe
 
-        say(f"running the torch reference ({precision}) with capture")
-        model = ref.build_model(cfg_dict, weights_lowp, precision)
-        ref.capture(model, inputs, specs, record("state"))
-        del model
+        say(f"running the reference {ref.name} ({precision}) with capture")
+        run.build(weights_lowp, precision, "CPU", ref_options)
+        run.capture(inputs, record("state"))
+        run.model = None
         if precision != "fp32" and not stats_only:
-            say("running the torch reference in fp32 on the same weights (for the reference-relative criterion)")
-            model = ref.build_model(cfg_dict, weights_lowp, "fp32")
-            ref.capture(model, inputs, specs, record("state_fp32"))
-            del model
+            say(f"running the reference {ref.name} in fp32 on the same weights (for the reference-relative criterion)")
+            run.build(weights_lowp, "fp32", "CPU", ref_options)
+            run.capture(inputs, record("state_fp32"))
+            run.model = None
         writer.extra["nonfinite_states"] = nonfinite
-    return {"out": out, "probes": len(specs), "precision": precision, "nonfinite": nonfinite,
-            "stats_only": bool(stats_only)}
+    return {"out": out, "probes": len(run.probes), "precision": precision, "nonfinite": nonfinite,
+            "stats_only": bool(stats_only), "reference": ref.name}
+
+
+def _check_states(fam, cfg, inputs, arrays, precision, legacy_dir) -> None:
+    """Hand-dumped states must have the shapes the config and inputs imply, and float states must be values of
+    the dump's precision (a float64 file of an fp32 run is stored as float32, exactly, or refused)."""
+    expected = fam.probe_shapes(cfg, inputs) if hasattr(fam, "probe_shapes") else {}
+    for name, arr in arrays.items():
+        where = os.path.join(legacy_dir, f"{name}.npy")
+        if name in expected and tuple(arr.shape) != tuple(expected[name]):
+            raise ParityError(f"{where}: probe {name} has shape {tuple(arr.shape)} but the config and inputs imply "
+                              f"{tuple(expected[name])}; save the tensor exactly as forward() produced it, or pass "
+                              "the config it was made with")
+        if arr.dtype.kind == "f" and precision in ("fp32", "fp16") and arr.dtype.itemsize > np.dtype(
+                WEIGHT_DTYPES[precision]).itemsize and not name.endswith("_input"):
+            low = np.asarray(arr).astype(WEIGHT_DTYPES[precision])
+            if not np.array_equal(low.astype(arr.dtype), arr, equal_nan=True):
+                raise ParityError(f"{where}: holds {arr.dtype} values that are not {WEIGHT_DTYPES[precision]} "
+                                  f"values, so it was not produced by a {precision} run; save the {precision} "
+                                  "tensor itself, or pass the matching --precision")
 
 
 def ingest_legacy(legacy_dir: str, *, out: str, config: dict, weights_path: str, precision: str | None = None,
@@ -146,13 +206,13 @@ def ingest_legacy(legacy_dir: str, *, out: str, config: dict, weights_path: str,
     if precision is None:
         precision = "fp16" if any(a.dtype == np.float16 for a in arrays.values()) else "fp32"
     _check_precision(precision)
-    weights = load_tensor_file(weights_path, "weights")
-    # The weights must fit the config; the reference harness checks names and shapes strictly if importable.
+    _check_states(fam, cfg, inputs, arrays, precision, legacy_dir)
+    weights = load_tensor_file(weights_path, "weights", check=_weights_header_check(fam, cfg, weights_path))
     # The weights must fit the config exactly (names, shapes, finite values); the family knows the shapes
     # without torch, so ingest works where only the subject's framework is installed.
     from parity.weights import check_state_dict
     check_state_dict(weights, fam.expected_state_dict_shapes(cfg), source=weights_path)
-    state_dtype = {"fp32": None, "fp16": None, "bf16": "bfloat16"}[precision]
+    state_dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
     nonfinite = []
     with DumpWriter(out, family=family, precision=precision, config=cfg.to_dict(), seeds={},
                     versions={"python": platform.python_version(), "numpy": np.__version__}, case=None,
@@ -170,7 +230,8 @@ def ingest_legacy(legacy_dir: str, *, out: str, config: dict, weights_path: str,
             arr = arrays[name]
             if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
                 nonfinite.append(name)
-            writer.add_state(name, arr, dtype=state_dtype if arr.dtype.kind == "f" else None)
+            keep = arr.dtype.kind != "f" or (arr.dtype == np.float32 and name.endswith("_input"))
+            writer.add_state(name, arr, dtype=None if keep else state_dtype)
         writer.extra["nonfinite_states"] = nonfinite
     return {"out": out, "found": found, "missing": missing, "ignored": ignored, "precision": precision,
             "nonfinite": nonfinite, "weights_sha256": sha256_file(weights_path)}

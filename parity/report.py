@@ -3,19 +3,22 @@
 The comparison engine hands ``write_report`` a plain dict; the same dict, written as ``parity.json``, is
 what ``rerender``, ``load_result`` and ``load_baseline`` read back.
 
-parity.json schema (``"schema": "opensora-parity/report@1"``)
------------------------------------------------------------------
+parity.json schema (``"schema": "opensora-parity/report@2"``; ``@1`` files are read and upgraded)
+-------------------------------------------------------------------------------------------------
 Top level::
 
-    schema             "opensora-parity/report@1"
+    schema             "opensora-parity/report@2"
     case               str     name of the dumped case (e.g. "tiny-sparse")
     dump               str     path of the reference dump directory
+    family             str     model family of the dump (e.g. "opensora_v13")
+    subject            object  the subject plug-in: plugin, framework, versions, source, git_commit, options
+    reference          object  who made the dump (from its manifest): plugin, framework, versions, source, git_commit
     precision          str     reference / tolerance-profile precision, e.g. "fp32"
     subject_precision  str     what the subject ran in: "fp32", "bf16-emulated", ...
     device             str     e.g. "CPU"
     mode               str     "isolated" | "accumulated" | "both"
     passed             bool    every probe passed (and nothing else failed)
-    first_divergence   null | {"probe": str, "mode": str, "torch_path": str, "ms_path": str}
+    first_divergence   null | {"probe": str, "mode": str, "reference_path": str, "subject_path": str}
     created            str     ISO-8601 time
     versions           object  tool/library versions (free-form)
     duration_s         number
@@ -26,10 +29,13 @@ Top level::
         name, mode, probe_class ("input"|"mask"|"embedding"|"block"|"output"), block (int|null),
         shape [int], max_abs, mean_abs, max_rel, cosine, rel_fro, p99_abs, frac_outside,
         min_passing_atol, nan_ref, nan_sub, inf_ref, inf_sub (ints), atol, rtol,
-        criterion ("absolute"|"relative"), lowp_ref_max_abs (number|null),
+        criterion ("absolute"|"relative"|"meaning"|"stats"), lowp_ref_max_abs (number|null),
         baseline_max_abs (number|null), passed (bool), message (str; first line self-contained),
-        torch_path, ms_path (str); optional baseline_regressed (bool) set by apply_baseline
-    blocks             list    {"block": int, "isolated_max_abs": number|null,
+        reference_path, subject_path (str); optional compared_by (str, masks compared by meaning),
+        baseline_regressed (bool) set by apply_baseline
+    not_evaluated      list    {"name", "mode", "why"}: isolated-mode probes that could not be fed
+    not_applicable     list    {"name", "why"}: probes the subject does not produce (its overlay says why)
+    blocks             list    {"block": int, "probe": str, "isolated_max_abs": number|null,
                                 "accumulated_max_abs": number|null, "growth": number|null}
                                (growth = accumulated / isolated)
 
@@ -56,10 +62,11 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from parity.errors import ParityError
+from parity.errors import ParityError, shown
 from parity.metrics import format_number
 
-SCHEMA = "opensora-parity/report@1"
+SCHEMA = "opensora-parity/report@2"
+_UPGRADABLE = {"opensora-parity/report@1": {"torch_path": "reference_path", "ms_path": "subject_path"}}
 JSON_NAME = "parity.json"
 MD_NAME = "parity.md"
 PNG_NAME = "parity.png"
@@ -139,11 +146,26 @@ def _decode(result: dict) -> dict:
     return result
 
 
+def _upgrade(result: Any) -> Any:
+    """A report of an earlier schema in today's form (renamed keys), as read from disk."""
+    renames = _UPGRADABLE.get(result.get("schema")) if isinstance(result, dict) else None
+    if renames is None:
+        return result
+    for holder in [result.get("first_divergence")] + list(result.get("probes") or []):
+        if isinstance(holder, dict):
+            for old, new in renames.items():
+                if old in holder:
+                    holder[new] = holder.pop(old)
+    result["schema"] = SCHEMA
+    return result
+
+
 def _validate(result: Any, label: str) -> dict:
     if not isinstance(result, dict):
         raise ParityError(f"{label}: a report must be a JSON object, got {type(result).__name__}")
     if result.get("schema") != SCHEMA:
-        raise ParityError(f"{label}: schema is {result.get('schema')!r}, expected {SCHEMA!r}")
+        raise ParityError(f"{label}: schema is {shown(result.get('schema'), 60)}, expected {SCHEMA!r}; pass a parity.json "
+                          "written by 'parity compare --report'")
     for key, typ in (("case", str), ("passed", bool), ("probes", list), ("blocks", list)):
         if key not in result:
             raise ParityError(f"{label}: missing key {key!r}")
@@ -199,20 +221,13 @@ def _is_int(v: Any) -> bool:
 
 def load_result(path: str | Path) -> dict:
     """Read and validate a parity.json (file, or a directory holding one); NaN/Inf strings -> floats."""
+    from parity.jsonio import load_json
+
     p = Path(path)
     if p.is_dir():
         p = p / JSON_NAME
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParityError(f"{p}: report not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParityError(f"{p}: cannot read report ({exc})") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ParityError(f"{p}: not valid JSON ({exc})") from None
-    return _decode(_validate(data, str(p)))
+    data = load_json(p, "report", "pass a parity.json written by 'parity compare --report'")
+    return _decode(_validate(_upgrade(data), str(p)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -269,8 +284,8 @@ def summary_line(result: dict) -> str:
     fd = result.get("first_divergence")
     if fd:
         line += f"; first divergence: {fd.get('probe')} ({fd.get('mode', '?')})"
-        if fd.get("torch_path") or fd.get("ms_path"):
-            line += f" — torch {fd.get('torch_path') or '?'} / ms {fd.get('ms_path') or '?'}"
+        if fd.get("reference_path") or fd.get("subject_path"):
+            line += f" — reference {fd.get('reference_path') or '?'} / subject {fd.get('subject_path') or '?'}"
     return line
 
 
@@ -286,6 +301,14 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
         meta.append(f"tolerances: {_cell(result['tolerance_file'])} (version {result.get('tolerance_version', '?')})")
     if result.get("baseline_factor") is not None:
         meta.append(f"baseline: max abs may grow at most {format_number(result['baseline_factor'])}×")
+    for side in ("subject", "reference"):
+        who = result.get(side) or {}
+        if who.get("plugin"):
+            origin = f" from {who['source']}" if who.get("source") else ""
+            commit = f" at {who['git_commit']}" if who.get("git_commit") else ""
+            options = ", ".join(f"{k}={v}" for k, v in (who.get("options") or {}).items())
+            meta.append(f"{side}: {_cell(who['plugin'])} ({_cell(who.get('framework', '?'))}){_cell(origin)}"
+                        f"{_cell(commit)}" + (f", options {_cell(options)}" if options else ""))
     versions = result.get("versions") or {}
     if versions:
         meta.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
@@ -319,8 +342,18 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
         for b in blocks:
             g = b.get("growth")
             gs = "—" if g is None else f"{format_number(_num(g))}×"
-            out.append(f"| {b.get('block')} | {_f(b.get('isolated_max_abs'))} | "
+            label = b.get("block") if len(blocks) == len({x.get("block") for x in blocks}) else \
+                f"{b.get('block')} ({_code(b.get('probe', '?'))})"
+            out.append(f"| {label} | {_f(b.get('isolated_max_abs'))} | "
                        f"{_f(b.get('accumulated_max_abs'))} | {gs} |")
+        out.append("")
+
+    skipped = [(p, "not evaluated") for p in result.get("not_evaluated") or []] + \
+        [(p, "not applicable") for p in result.get("not_applicable") or []]
+    if skipped:
+        out += ["Not compared:", ""]
+        out += [f"- {_code(p.get('name', '?'))} {what}{' (' + _cell(p['mode']) + ')' if p.get('mode') else ''}: "
+                f"{_cell(p.get('why', ''))}" for p, what in skipped]
         out.append("")
 
     failed = [p for p in result.get("probes", []) if not p.get("passed")]
@@ -328,11 +361,13 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
         out += ["## Failures", ""]
         for p in failed:
             out.append(f"### {_code(p.get('name', '?'))} ({_cell(p.get('mode', ''))})")
-            paths = [f"torch `{p['torch_path']}`" if p.get("torch_path") else "",
-                     f"ms `{p['ms_path']}`" if p.get("ms_path") else ""]
+            paths = [f"reference `{p['reference_path']}`" if p.get("reference_path") else "",
+                     f"subject `{p['subject_path']}`" if p.get("subject_path") else ""]
             paths = [x for x in paths if x]
             if paths:
                 out += ["", " / ".join(paths)]
+            if p.get("compared_by"):
+                out += ["", f"compared by {_cell(p['compared_by'])}"]
             if p.get("criterion") == "relative":
                 out += ["", f"relative criterion: subject max abs {_f(p.get('max_abs'))} vs torch low-precision "
                             f"max abs {_f(p.get('lowp_ref_max_abs'))}"]
@@ -346,12 +381,36 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # PNG
 
+def _block_positions(rows: list) -> list[tuple[float, dict]]:
+    """x position of each block row: its block index, spread within the index when a block index has several
+    kinds of block (STDiT3: spatial at i, temporal at i + 0.5)."""
+    rows = [b for b in rows if _is_int(b.get("block"))]
+    per_block: dict[int, list] = {}
+    for b in rows:
+        per_block.setdefault(int(b["block"]), []).append(b)
+    kinds = max((len(v) for v in per_block.values()), default=1)
+    out = []
+    for i in sorted(per_block):
+        out += [(i + k / kinds, b) for k, b in enumerate(per_block[i])]
+    return out
+
+
 def render_png(result: dict, path: str | Path) -> Path:
-    """Per-block max |Δ| (isolated vs accumulated) on a log scale, with the block tolerance lines."""
+    """Per-block max |Δ| (isolated vs accumulated) on a log scale, with the block tolerance lines, written to
+    the new or tool-written file ``path`` (see ``write_report`` for the ownership rule)."""
+    path = Path(path)
+    with _owned(path.parent) as d:
+        d.write(path.name, png_bytes(result))
+    return path
+
+
+def png_bytes(result: dict) -> bytes:
+    """The PNG of ``render_png``, in memory (matplotlib never opens the output file itself)."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(path)
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -361,16 +420,15 @@ def render_png(result: dict, path: str | Path) -> Path:
     title += f" ({result.get('device') or '?'}) — {'PASS' if result.get('passed') else 'FAIL'}"
     ax.set_title(title, fontsize=10)
 
-    blocks = sorted((b for b in result.get("blocks") or [] if _is_int(b.get("block"))),
-                    key=lambda b: int(b["block"]))
+    blocks = _block_positions(result.get("blocks") or [])
     series = {}
     for mode in ("isolated", "accumulated"):
         pts = []
-        for b in blocks:
+        for x, b in blocks:
             v = b.get(f"{mode}_max_abs")
             v = None if v is None else float(_num(v))
             if v is not None and not math.isnan(v):
-                pts.append((int(b["block"]), v))
+                pts.append((x, v))
         if pts:
             series[mode] = pts
     positives = [v for pts in series.values() for _, v in pts if 0 < v < math.inf]
@@ -391,7 +449,8 @@ def render_png(result: dict, path: str | Path) -> Path:
         ax.set_yticks([])
     else:
         style = {"isolated": ("tab:blue", "o", "-"), "accumulated": ("tab:orange", "s", "-")}
-        failing = {(p.get("mode"), p.get("block")) for p in result.get("probes", [])
+        x_of = {b.get("probe", b["block"]): x for x, b in blocks}
+        failing = {(p.get("mode"), x_of.get(p.get("name"), p.get("block"))) for p in result.get("probes", [])
                    if not p.get("passed") and _is_int(p.get("block"))}
         for mode, pts in series.items():
             color, marker, ls = style[mode]
@@ -416,47 +475,88 @@ def render_png(result: dict, path: str | Path) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("block")
         ax.set_ylabel("max |sub − ref|")
-        all_x = sorted({x for pts in series.values() for x, _ in pts})
+        all_x = sorted({int(x) for pts in series.values() for x, _ in pts})
         if len(all_x) <= 40:
             ax.set_xticks(all_x)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------------------
 # files
 
-def _write_text(path: Path, text: str) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        raise ParityError(f"{path}: cannot write report ({exc})") from None
-    return path
+_OWN_FIX = "move it away (or delete it), or choose another --report directory"
 
 
-def _render_files(result: dict, d: Path) -> list[Path]:
-    md = _write_text(d / MD_NAME, render_markdown(result))
+def _legacy_report_file(d, name: str, fd: int, st) -> bool:
+    """A report directory written before the ownership record existed: its parity.json has the report schema,
+    its parity.md is exactly the rendering of that parity.json, and parity.png is a PNG; summary.md starts with
+    the summary verdict line. Anything else (a user's notes) is not recognised."""
+    from parity.store import fsio
+
+    if st.st_size > 64 * 2**20:
+        return False
+    data = fsio.read_exact(fd, st.st_size, name)
+    if name == JSON_NAME:
+        try:
+            return json.loads(data).get("schema") == SCHEMA
+        except (ValueError, AttributeError):
+            return False
+    if name == SUMMARY_NAME:
+        return re.match(rb"\*\*(PASS|FAIL)\*\* \d+/\d+ dumps passed\n", data) is not None
     try:
-        png = render_png(result, d / PNG_NAME)
-    except OSError as exc:
-        raise ParityError(f"{d / PNG_NAME}: cannot write plot ({exc})") from None
-    return [md, png]
+        result = load_result(os.path.join(d.path, JSON_NAME))
+    except ParityError:
+        return False
+    if name == MD_NAME:
+        return data == render_markdown(result).encode("utf-8")
+    return name == PNG_NAME and data.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def _owned(report_dir):
+    from parity.store.fsio import OwnedDir
+
+    d = OwnedDir(report_dir, fix=_OWN_FIX)
+    d.legacy = lambda name, fd, st: _legacy_report_file(d, name, fd, st)
+    return d
+
+
+def _render_files(result: dict, d) -> list[Path]:
+    d.write(MD_NAME, render_markdown(result).encode("utf-8"))
+    d.write(PNG_NAME, png_bytes(result))
+    return [Path(d.path) / MD_NAME, Path(d.path) / PNG_NAME]
+
+
+def check_report_dir(report_dir: str | Path, subdirs: Iterable[str] = ()) -> None:
+    """Refuse, before any work, a report directory whose report files exist but were not written by this tool
+    (or were edited since): ``parity compare --report`` never overwrites them."""
+    from parity.store.fsio import OwnedDir
+
+    d = Path(report_dir)
+    targets = [(d, (JSON_NAME, MD_NAME, PNG_NAME, SUMMARY_NAME))] + [(d / s, (JSON_NAME, MD_NAME, PNG_NAME))
+                                                                    for s in subdirs]
+    for folder, names in targets:
+        if not os.path.lexists(folder):
+            continue
+        with _owned(folder) as owned:
+            owned.check_writable(names)
 
 
 def write_report(result: dict, report_dir: str | Path) -> list[Path]:
-    """Write parity.json, parity.md and parity.png into ``report_dir``; returns the three paths."""
-    d = Path(report_dir)
+    """Write parity.json, parity.md and parity.png into ``report_dir``; returns the three paths.
+
+    Files are created exclusively and never through a symlink; an existing one is replaced only if this tool
+    wrote it (the directory's ``.parity-files.json`` record, see ``parity.store.fsio.OwnedDir``)."""
     _validate(result, f"report for {result.get('case', '?') if isinstance(result, dict) else '?'}")
     text = dumps_result(result)
-    js = _write_text(d / JSON_NAME, text)
-    return [js] + _render_files(_decode(json.loads(text)), d)
+    with _owned(report_dir) as d:
+        d.check_writable((JSON_NAME, MD_NAME, PNG_NAME))
+        d.write(JSON_NAME, text.encode("utf-8"))
+        return [Path(d.path) / JSON_NAME] + _render_files(_decode(json.loads(text)), d)
 
 
 def _slug(name: str) -> str:
@@ -505,7 +605,9 @@ def write_summary(results: list[dict], report_dir: str | Path, *, subdirs: list[
     if write_reports:
         for r, sub in zip(results, subdirs):
             write_report(r, d / sub)
-    return _write_text(d / SUMMARY_NAME, render_summary(results, subdirs))
+    with _owned(d) as owned:
+        owned.write(SUMMARY_NAME, render_summary(results, subdirs).encode("utf-8"))
+    return d / SUMMARY_NAME
 
 
 _LINK_RE = re.compile(r"\]\(([^()]+)/" + re.escape(MD_NAME) + r"\)")
@@ -515,13 +617,16 @@ def rerender(report_dir: str | Path) -> list[Path]:
     """Rebuild parity.md/parity.png from parity.json (or every per-dump subdir + summary.md)."""
     d = Path(report_dir)
     if (d / JSON_NAME).is_file():
-        return _render_files(load_result(d / JSON_NAME), d)
+        with _owned(d) as owned:
+            owned.check_writable((MD_NAME, PNG_NAME))
+            return _render_files(load_result(d / JSON_NAME), owned)
     subdirs: list[str] = []
     if (d / SUMMARY_NAME).is_file():
-        try:
-            text = (d / SUMMARY_NAME).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ParityError(f"{d / SUMMARY_NAME}: cannot read ({exc})") from None
+        from parity.store import fsio
+
+        raw = fsio.read_file(d / SUMMARY_NAME, what="summary", fix="delete it and re-run 'parity compare --report'",
+                             follow=False, limit=16 * 2**20)
+        text = raw.decode("utf-8", "replace")
         for sub in _LINK_RE.findall(text):
             if sub in (".", "..") or "/" in sub or "\\" in sub or "\0" in sub or (d / sub).is_symlink():
                 continue  # a hand-edited summary must not make us write outside report_dir
@@ -534,11 +639,11 @@ def rerender(report_dir: str | Path) -> list[Path]:
     if not subdirs:
         raise ParityError(f"{d}: no {JSON_NAME} (nor per-dump subdirectories holding one) to re-render")
     written: list[Path] = []
-    results = []
-    for sub in subdirs:
-        r = load_result(d / sub / JSON_NAME)
-        results.append(r)
-        written += _render_files(r, d / sub)
+    results = [load_result(d / sub / JSON_NAME) for sub in subdirs]
+    check_report_dir(d, subdirs)
+    for sub, r in zip(subdirs, results):
+        with _owned(d / sub) as owned:
+            written += _render_files(r, owned)
     written.append(write_summary(results, d, write_reports=False, subdirs=subdirs))
     return written
 
@@ -602,8 +707,8 @@ def apply_baseline(result: dict, baseline: dict[tuple[str, str], float], factor:
         first = next((p for p in probes if not p.get("passed")), None)
         if first is not None:
             result["first_divergence"] = {"probe": first.get("name"), "mode": first.get("mode"),
-                                          "torch_path": first.get("torch_path", ""),
-                                          "ms_path": first.get("ms_path", "")}
+                                          "reference_path": first.get("reference_path", ""),
+                                          "subject_path": first.get("subject_path", "")}
     return result
 
 

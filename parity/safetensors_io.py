@@ -5,6 +5,15 @@ Layout: u64 little-endian header length N, N bytes of JSON header
 spaces to a multiple of 8, then the raw little-endian tensor bytes (offsets relative to the data start).
 Files written here are byte-identical to the ``safetensors`` package's for the same tensors and
 (at most one) metadata entry: same tensor order, same compact JSON, same padding.
+
+Why not the maintained ``safetensors`` package (issue 14, item 5)? Measured with safetensors 0.8.0 and numpy
+1.26: its numpy API cannot return BF16 tensors ("TypeError: data type 'bfloat16' not understood"), and every
+dump of a bf16 run holds BF16 weights; ``safe_open`` takes a path, not a descriptor, so a reader cannot pin
+the file it verified (``parity.store.reader``) — and it opens a FIFO named ``*.safetensors`` and blocks
+forever; a header with a duplicate tensor name is accepted silently (the last entry wins), which the harness
+refuses in every JSON it reads; ``get_tensor`` returns an in-memory copy, where the comparison memory-maps
+the weights and drops their pages once copied into the subject (``release_pages``). Its writer cannot write
+BF16 from numpy either. The package stays a test dependency: the tests check this writer's bytes against it.
 """
 
 from __future__ import annotations
@@ -15,13 +24,13 @@ import math
 import mmap as _mmap
 import os
 import struct
-import secrets
-import stat
 
 import numpy as np
 
 from parity import dtypes as _dt
-from parity.errors import ParityError
+from parity.errors import ParityError, shown as _short
+from parity.jsonio import parse_json
+from parity.store import fsio
 
 # safetensors code <-> project dtype name; list order is the safetensors dtype order (ascending),
 # which decides tensor order in the file (descending dtype, then name).
@@ -52,45 +61,32 @@ def _err(path, what: str, fix: str = "re-export the weights with 'parity dump' o
     return ParityError(f"{os.fspath(path)}: {what}; {fix}")
 
 
-def _short(v, n: int = 60) -> str:
-    r = repr(v)
-    return r if len(r) <= n else r[: n - 3] + "..."
-
-
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _no_duplicates(pairs):
-    d = {}
-    for k, v in pairs:
-        if k in d:
-            raise ValueError(f"duplicate key {k!r}")
-        d[k] = v
-    return d
-
-
-def _parse(path):
-    """Validated header of an open file: (entries {name: (dtype_name, shape, begin, end)}, metadata, data_start)."""
+def _open(path) -> tuple[int, os.stat_result]:
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # FIFOs/devices would block or never end
-            raise _err(path, "not a regular file", "pass a .safetensors file")
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < 8:
-                raise _err(path, f"not a safetensors file (only {size} bytes)")
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8 or n > MAX_HEADER_BYTES:
-                raise _err(path, f"corrupt safetensors header (claims {n} header bytes, file has {size})")
-            raw = f.read(n)
+        return fsio.open_regular(path, follow=True, fix="pass a .safetensors file")
+    except FileNotFoundError:
+        raise _err(path, "not found", "check the path") from None
     except OSError as e:
         raise _err(path, f"cannot read ({e.strerror or e})", "check the path and permissions") from None
-    if len(raw) != n:
-        raise _err(path, "file shrank while reading")
+
+
+def _parse_fd(fd: int, size: int, path):
+    """Validated header of an open file: (entries {name: (dtype_name, shape, begin, end)}, metadata, data_start)."""
+    if size < 8:
+        raise _err(path, f"not a safetensors file (only {size} bytes)")
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _err(path, f"safetensors header is not valid JSON ({str(e)[:100]})") from None
+        (n,) = struct.unpack("<Q", fsio.read_exact(fd, 8, os.fspath(path)))
+        if n > size - 8 or n > MAX_HEADER_BYTES:
+            raise _err(path, f"corrupt safetensors header (claims {n} header bytes, file has {size})")
+        raw = fsio.read_exact(fd, n, os.fspath(path), 8)
+    except OSError as e:
+        raise _err(path, f"cannot read ({e.strerror or e})", "check the path and permissions") from None
+    header = parse_json(raw, f"{os.fspath(path)}: safetensors header", "re-export the weights with 'parity dump' "
+                        "or safetensors")
     if not isinstance(header, dict):
         raise _err(path, "safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None)
@@ -127,6 +123,20 @@ def _parse(path):
     return entries, metadata, 8 + n
 
 
+def _parse(path):
+    fd, st = _open(path)
+    try:
+        return _parse_fd(fd, st.st_size, path)
+    finally:
+        os.close(fd)
+
+
+def read_header_fd(fd: int, size: int, path) -> dict:
+    """{name: (dtype_name, shape)} of the open safetensors file ``fd`` (``size`` bytes), validated."""
+    entries, _, _ = _parse_fd(fd, size, path)
+    return {k: (v[0], v[1]) for k, v in entries.items()}
+
+
 def read_safetensors_header(path) -> dict:
     """{name: (dtype_name, shape)} of a safetensors file, validated; reads only the header."""
     entries, _, _ = _parse(path)
@@ -149,7 +159,19 @@ def load_safetensors(path, names=None, *, mmap: bool = False) -> dict:
     ``names`` restricts loading to those tensors (unknown names -> ParityError). With ``mmap=True``
     non-BF16 tensors are read-only memory maps instead of in-memory copies.
     """
-    entries, _, start = _parse(path)
+    fd, st = _open(path)
+    try:
+        return load_fd(fd, st.st_size, path, names, mmap=mmap)
+    finally:
+        os.close(fd)
+
+
+def load_fd(fd: int, size: int, path, names=None, *, mmap: bool = False, check=None) -> dict:
+    """``load_safetensors`` of the open file ``fd`` (``size`` bytes, as fstat gave it). ``check(header)``
+    ({name: (dtype, shape)}) may refuse the file before any tensor is allocated."""
+    entries, _, start = _parse_fd(fd, size, path)
+    if check is not None:
+        check({k: (v[0], v[1]) for k, v in entries.items()})
     if names is None:
         wanted = list(entries)
     else:
@@ -160,7 +182,7 @@ def load_safetensors(path, names=None, *, mmap: bool = False) -> dict:
                        "check the tensor names (see read_safetensors_header)")
     out = {}
     try:
-        with open(path, "rb") as f:
+        with open(fd, "rb", closefd=False) as f:
             for name in wanted:
                 dtype, shape, begin, end = entries[name]
                 sdt = _dt.storage_dtype(dtype)
@@ -168,9 +190,9 @@ def load_safetensors(path, names=None, *, mmap: bool = False) -> dict:
                     out[name] = np.memmap(f, dtype=sdt, mode="r", offset=start + begin, shape=shape)
                     continue
                 arr = np.empty(shape, dtype=sdt)
-                f.seek(start + begin)
-                if f.readinto(memoryview(arr.reshape(-1).view(np.uint8))) != end - begin:
-                    raise _err(path, f"tensor {_short(name)}: file shrank while reading")
+                if end > begin:
+                    arr.reshape(-1).view(np.uint8)[:] = np.frombuffer(
+                        fsio.read_exact(fd, end - begin, os.fspath(path), start + begin), np.uint8)
                 out[name] = _dt.bf16_bits_to_float32(arr) if dtype == "bfloat16" else arr
     except (OSError, ValueError) as e:
         why = getattr(e, "strerror", None) or e
@@ -208,17 +230,7 @@ def write_buffer(f, data: np.ndarray) -> None:
         f.write(memoryview(flat[i : i + _CHUNK]))
 
 
-def fsync_dir(path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+fsync_dir = fsio.fsync_dir
 
 
 def write_safetensors_to(f, tensors: dict, dtypes: dict | None = None, metadata: dict | None = None,
@@ -244,31 +256,40 @@ def write_safetensors_to(f, tensors: dict, dtypes: dict | None = None, metadata:
         write_buffer(f, data)
 
 
-def save_safetensors(path, tensors: dict, dtypes: dict | None = None, metadata: dict | None = None) -> None:
-    """Atomically write ``tensors`` ({name: ndarray}) to ``path`` (temp file + fsync + os.replace).
+def save_safetensors(path, tensors: dict, dtypes: dict | None = None, metadata: dict | None = None, *,
+                     replace: bool = True) -> None:
+    """Atomically write ``tensors`` ({name: ndarray}) to ``path``: an exclusive temp file (never through a
+    symlink), fsync, then its final name — replacing an existing file only with ``replace`` (the rename
+    replaces the name, never writes into the old file or through a symlink), otherwise refusing.
 
     ``dtypes[name]`` may name a storage dtype; "bfloat16" rounds a float array to BF16 (RNE), or takes a
     uint16 array as raw bf16 bits. Other names cast within the same kind (e.g. float32 -> float16).
     """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    name = os.path.basename(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        dfd = fsio.open_dir(d, follow=True, where=d)
+    except FileNotFoundError:
+        raise _err(path, "cannot write (its directory does not exist)", "check the directory exists and is writable") from None
+    except OSError as e:
+        raise _err(path, f"cannot write ({e.strerror or e})", "check the directory exists and is writable") from None
+    try:
+        tmp = fsio.write_temp(dfd, name, lambda fd: write_safetensors_to(fsio.FdWriter(fd), tensors, dtypes,
+                                                                          metadata, where=path))
         try:
-            with open(fd, "wb") as f:
-                write_safetensors_to(f, tensors, dtypes, metadata, where=path)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+            if replace:
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            elif not fsio.link_noreplace(tmp, name, dfd):
+                raise _err(path, "exists", "pass --force to overwrite it, or choose another path")
+        finally:
+            fsio.unlink_quietly(tmp, dfd)
+        fsio.fsync_dir(dfd)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _err(path, "no space left on device while writing", "free disk space and retry") from None
+        if e.errno == errno.EFBIG:
+            raise _err(path, "file too large for this process (ulimit -f?)", "raise the limit and retry") from None
         raise _err(path, f"cannot write ({e.strerror or e})", "check the directory exists and is writable") from None
-    fsync_dir(d)
+    finally:
+        os.close(dfd)

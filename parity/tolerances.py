@@ -1,6 +1,7 @@
-"""Tolerance profiles: one versioned data file, validated on load.
+"""Tolerance profiles: one versioned data file per model family, validated on load.
 
-The numbers live ONLY in ``parity/tolerances.json`` (or a user-supplied file of the same schema)::
+The numbers live ONLY in ``parity/families/<family>/tolerances.json`` (or a user-supplied file of the same schema,
+``--tolerances``): each family calibrates its own, since what a correct port's error is depends on the model::
 
     {"version": 1,
      "description": "optional free text",
@@ -23,7 +24,6 @@ versions raise ``ParityError`` naming the file and the offending key.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -31,14 +31,21 @@ from pathlib import Path
 from typing import Any
 
 from parity.errors import ParityError
+from parity.probemap import MODES, PROBE_CLASSES
 
-DEFAULT_PATH = Path(__file__).with_name("tolerances.json")
+FAMILIES_DIR = Path(__file__).with_name("families")
+
+
+def family_path(family: str) -> Path:
+    """The family's own tolerance file."""
+    return FAMILIES_DIR / family / "tolerances.json"
+
+
+DEFAULT_PATH = family_path("opensora_v13")
 SUPPORTED_VERSIONS = (1,)
-PROBE_CLASSES = ("input", "mask", "embedding", "block", "output")
-MODES = ("isolated", "accumulated")
 _PRECISION_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
-__all__ = ["DEFAULT_PATH", "PROBE_CLASSES", "MODES", "RelativeCriterion", "Tolerance", "Profiles",
+__all__ = ["DEFAULT_PATH", "family_path", "PROBE_CLASSES", "MODES", "RelativeCriterion", "Tolerance", "Profiles",
            "load_profiles", "relative_passed"]
 
 
@@ -126,24 +133,13 @@ def relative_passed(sub_err: float, lowp_err: float, crit: RelativeCriterion) ->
 # ----------------------------------------------------------------------------------------------------------
 
 def load_profiles(path: str | Path | None = None) -> Profiles:
-    """Load and validate a tolerance file (default: the packaged ``parity/tolerances.json``)."""
+    """Load and validate a tolerance file (default: the opensora_v13 family's)."""
+    from parity.jsonio import load_json
+
     p = Path(path) if path is not None else DEFAULT_PATH
     label = str(p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParityError(f"{label}: tolerance file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParityError(f"{label}: cannot read tolerance file ({exc})") from None
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise ParityError(f"{label}: not valid JSON ({exc})") from None
+    data = load_json(p, "tolerance file", "fix the tolerance file or omit --tolerances")
     return _parse(data, label)
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not allowed")
 
 
 def _err(label: str, where: str, what: str) -> ParityError:

@@ -1,4 +1,4 @@
-"""Reference side of the ``opensora_v13`` family harness (imported by name from the family's probe map).
+"""Building and running the PyTorch ``OpenSoraT2V_v1_3`` for the ``torch-reference`` plug-in (``reference_torch.plugin``).
 
 Everything the parity CLI needs from PyTorch: random weights, expected state-dict shapes (on the meta device),
 a strictly loaded model at a precision, input normalisation, a forward pass and probe capture. Inputs and
@@ -120,7 +120,7 @@ def to_torch_inputs(inputs: dict[str, np.ndarray], config) -> dict[str, torch.Te
     return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in normalize_inputs(inputs, cfg).items()}
 
 
-def _model_inputs(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+def model_inputs(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Tensors for ``model(**tensors)``, cast only where upstream's forward needs it.
 
     ``encoder_hidden_states`` goes straight into the caption Linear, so it must already be in the model dtype
@@ -144,7 +144,7 @@ def _output_numpy(output: torch.Tensor) -> np.ndarray:
 def forward(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """One forward pass (no_grad, ``return_dict=False``); the output (B, C, T, H, W) as numpy in the model's
     precision (float32, float16; bfloat16 as exact float32)."""
-    tensors = _model_inputs(model, inputs)
+    tensors = model_inputs(model, inputs)
     with torch.no_grad():
         (output,) = model(**tensors, return_dict=False)
     return _output_numpy(output)
@@ -154,7 +154,7 @@ def capture(model: torch.nn.Module, inputs: dict[str, np.ndarray], specs: list,
             on_probe: Callable[[str, np.ndarray, str], None]) -> np.ndarray:
     """``forward`` with every probe of ``specs`` (``load_probe_map().probes(num_layers)``) reported to
     ``on_probe(name, array, dtype_name)``; returns the output."""
-    tensors = _model_inputs(model, inputs)
+    tensors = model_inputs(model, inputs)
     with TorchCapture(model, specs, on_probe), torch.no_grad():
         (output,) = model(**tensors, return_dict=False)
     return _output_numpy(output)
@@ -163,11 +163,6 @@ def capture(model: torch.nn.Module, inputs: dict[str, np.ndarray], specs: list,
 def module_paths(model: torch.nn.Module) -> set[str]:
     """Dotted names of all submodules of ``model`` ("" = the root)."""
     return _module_paths(model)
-
-
-def versions() -> dict:
-    """Library versions of the reference side, recorded in dumps."""
-    return {"torch": torch.__version__}
 
 
 @contextlib.contextmanager

@@ -24,6 +24,22 @@ def numpy_weights(config: dict, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def family_items(num_layers: int, names=None):
+    """The opensora_v13 probe map's capture rules (the port keeps every probe at the same module path)."""
+    from parity.probemap import family_capture_items
+    return family_capture_items("opensora_v13", num_layers, names)
+
+
+def subject_run(config: dict, model=None):
+    """The ``ms_impl`` plug-in's view of ``config`` (probes with its overlay, teacher forcing), on ``model``."""
+    from ms_impl.plugin import make_plugin
+    from parity.runner import ModelRun
+
+    run = ModelRun(make_plugin(), "opensora_v13", config)
+    run.model = model
+    return run
+
+
 def is_bf16_valued(x: np.ndarray) -> bool:
     from parity.dtypes import round_to_bf16
     x = np.asarray(x, dtype=np.float32)

@@ -9,12 +9,11 @@ import pytest
 from ms_impl import harness
 from ms_impl.modeling_opensora import Attention, OpenSoraT2V_v1_3
 from ms_impl.mutants import MUTANTS
-from ms_impl.tests.helpers import make_inputs, numpy_weights, tiny_config
-from parity.adapters import get_adapter
+from ms_impl.tests.helpers import family_items, make_inputs, numpy_weights, subject_run, tiny_config
 from parity.capture_ms import MsCapture
 from parity.errors import ParityError
 from parity.families.opensora_v13.probes import probe_names
-from parity.probemap import CaptureSpec, ProbeSpec, load_probe_map
+from parity.probemap import CaptureItem, CaptureSpec
 
 CFG = tiny_config(num_layers=4)
 
@@ -26,7 +25,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def specs():
-    return load_probe_map().probes(CFG["num_layers"])
+    return family_items(CFG["num_layers"])
 
 
 def _capture(model, inputs, specs):
@@ -76,13 +75,11 @@ def test_where_filter_and_select(model, specs):
 
 
 def test_bad_module_path_and_cleanup_on_error(model):
-    bad = ProbeSpec("x", "block", "", "", CaptureSpec("transformer_blocks.9", "output"),
-                    CaptureSpec("transformer_blocks.9", "output"), "identity", 9)
+    bad = CaptureItem("x", CaptureSpec("transformer_blocks.9", "output"))
     with pytest.raises(ParityError, match="transformer_blocks.9"):
         with MsCapture(model, [bad], lambda *a: None):
             pass
-    nope = CaptureSpec("", "input", arg="nope")
-    wrong_arg = ProbeSpec("y", "input", "", "", nope, nope, "identity")
+    wrong_arg = CaptureItem("y", CaptureSpec("", "input", arg="nope"))
     with pytest.raises(ParityError, match="'nope'"):
         harness.capture(model, make_inputs(), [wrong_arg], lambda *a: None)
     for _, cell in model.cells_and_names():
@@ -92,18 +89,18 @@ def test_bad_module_path_and_cleanup_on_error(model):
 def test_module_paths(model, specs):
     paths = harness.module_paths(model)
     assert {"", "transformer_blocks.0.attn1", "transformer_blocks.3", "pos_embed", "adaln_single.emb"} <= paths
-    assert all(s.ms_capture.module in paths for s in specs)
+    assert all(s.capture.module in paths for s in specs)
 
 
 def test_teacher_forcing_on_its_own_reference_is_exact(model, specs):
-    """run_isolated fed with the model's own probes (in the reference layout) reproduces them exactly."""
+    """Teacher forcing fed with the model's own probes (in the reference layout) reproduces them exactly."""
     inputs = make_inputs(seed=6)
     _, got = _capture(model, inputs, specs)
-    params = {"num_heads": CFG["num_attention_heads"]}
-    by_name = {s.name: s for s in specs}
-    reference = {n: get_adapter(by_name[n].ms_adapter).to_reference(a, **params) for n, (a, _) in got.items()}
+    run = subject_run(CFG, model)
+    ctx = run.context(inputs)
+    reference = {n: run.to_reference(n, a, ctx) for n, (a, _) in got.items()}
     iso = {}
-    harness.run_isolated(model, CFG, reference.__getitem__, inputs, specs, lambda n, a, d: iso.__setitem__(n, a))
+    assert run.isolated(inputs, reference.__getitem__, iso.__setitem__) == []
     assert set(iso) == set(got)
     for name, (arr, _) in got.items():
         np.testing.assert_array_equal(iso[name], arr, err_msg=name)
@@ -113,29 +110,41 @@ def test_teacher_forcing_uses_the_reference_inputs(model, specs):
     """Perturbing the reference's input to block 2 changes block 2 (and only the blocks fed from it)."""
     inputs = make_inputs(seed=7)
     _, got = _capture(model, inputs, specs)
-    params = {"num_heads": CFG["num_attention_heads"]}
-    by_name = {s.name: s for s in specs}
-    reference = {n: get_adapter(by_name[n].ms_adapter).to_reference(a, **params) for n, (a, _) in got.items()}
+    run = subject_run(CFG, model)
+    ctx = run.context(inputs)
+    reference = {n: run.to_reference(n, a, ctx) for n, (a, _) in got.items()}
     reference["hidden_states_1_block"] = reference["hidden_states_1_block"] + 0.5
-    block_specs = [s for s in specs if s.probe_class == "block"]
+    blocks = {f"hidden_states_{i}_block" for i in range(4)}
     iso = {}
-    harness.run_isolated(model, CFG, reference.__getitem__, inputs, block_specs, lambda n, a, d: iso.__setitem__(n, a))
-    assert set(iso) == {s.name for s in block_specs}
+    assert run.isolated(inputs, reference.__getitem__, iso.__setitem__, names=blocks) == []
+    assert set(iso) == blocks
     for i in range(4):
         same = np.array_equal(iso[f"hidden_states_{i}_block"], got[f"hidden_states_{i}_block"][0])
         assert same == (i != 2), i
-    with pytest.raises(ParityError, match="needs the reference probe .encoder_hidden_states_operate_on_patched"):
-        harness.run_isolated(model, CFG, {}.__getitem__, inputs, block_specs, lambda *a: None)
+    # a reference without the conditioning: every block is reported as not evaluated, with the reason
+    present = set(reference) - {"encoder_hidden_states_operate_on_patched_inputs"}
+    skipped = run.isolated(inputs, reference.__getitem__, lambda *a: pytest.fail("ran a block"), names=blocks,
+                           present=present)
+    assert [s["name"] for s in skipped] == sorted(blocks)
+    assert all("encoder_hidden_states_operate_on_patched_inputs is not in the reference" in s["why"] for s in skipped)
+
+
+@pytest.fixture(scope="module")
+def model_with_dropout():
+    cfg = dict(CFG, dropout=0.1)
+    return harness.build_model(cfg, numpy_weights(cfg, 0), "fp32")
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
-def test_mutant_first_diverges_where_declared_and_is_undone(model, specs, name):
+def test_mutant_first_diverges_where_declared_and_is_undone(request, specs, name):
     mutant = MUTANTS[name]
+    # a model left in training mode differs only where Dropout is active: the mutant needs a dropout > 0
+    model = request.getfixturevalue("model_with_dropout" if name == "train_mode" else "model")
     inputs = make_inputs(seed=8)   # padded text (ragged masks), masked video, 45 tokens -> Skiparse padding
     _, clean = _capture(model, inputs, specs)
     with mutant.apply(model):
         _, bad = _capture(model, inputs, specs)
-    order = [s.name for s in specs]
+    order = probe_names(CFG["num_layers"])   # data-flow order
     first = next(n for n in order if not np.array_equal(bad[n][0], clean[n][0]))
     assert first == mutant.first_divergence
     assert np.abs(bad[first][0] - clean[first][0]).max() > 1e-6     # far above fp32 noise

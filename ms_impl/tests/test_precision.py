@@ -10,10 +10,9 @@ from mindspore import Tensor
 
 from ms_impl import harness
 from ms_impl.precision import numerics_for, precision_label, round_to_bf16_cast, round_to_bf16_split
-from ms_impl.tests.helpers import is_bf16_valued, make_inputs, numpy_weights, tiny_config
+from ms_impl.tests.helpers import family_items, is_bf16_valued, make_inputs, numpy_weights, tiny_config
 from parity.dtypes import round_to_bf16
 from parity.errors import ParityError
-from parity.probemap import load_probe_map
 
 
 def test_precision_labels():
@@ -60,7 +59,7 @@ def test_bf16_emulated_model_rounds_at_its_boundaries():
     for name, p in model.parameters_and_names():
         assert p.dtype == ms.float32 and is_bf16_valued(p.asnumpy()), name
     probes = {}
-    specs = load_probe_map().probes(cfg["num_layers"])
+    specs = family_items(cfg["num_layers"])
     out = harness.capture(model, make_inputs(seed=2), specs, lambda n, a, d: probes.__setitem__(n, (a, d)))
     assert is_bf16_valued(out)
     for name, (arr, dtype) in probes.items():

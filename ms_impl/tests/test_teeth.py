@@ -14,12 +14,13 @@ from ms_impl.mutants import MUTANTS
 from parity.compare import CompareOptions, compare_dump
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "reference")
-# text_mask_ignored needs padded text (every case has some) — padded-batch also has ragged rows and padding.
-CASE_FOR = {"text_mask_ignored": "padded-batch"}
+# text_mask_ignored needs padded text (every case has some) — padded-batch also has ragged rows and padding;
+# a RoPE frequency error needs long position axes and a model left in training mode a dropout > 0: long-axes.
+CASE_FOR = {"text_mask_ignored": "padded-batch", "rope_freq_1e-4": "long-axes", "train_mode": "long-axes"}
 # What the bf16 profile can and cannot see (README, "Tolerance policy"): bugs whose error is below ~2 bf16 ULP
 # in one block are invisible at bf16, by construction of a tolerance that must pass the correct model.
-BF16_VISIBLE = {"rope_interleaved", "skiparse_swapped", "sinusoid_sin_cos", "text_mask_ignored"}
-BF16_INVISIBLE = {"gelu_exact", "layernorm_eps_1e-5", "norm_before_cross_attn"}
+BF16_VISIBLE = {"rope_interleaved", "skiparse_swapped", "sinusoid_sin_cos", "text_mask_ignored", "train_mode"}
+BF16_INVISIBLE = {"gelu_exact", "layernorm_eps_1e-5", "norm_before_cross_attn", "rope_freq_1e-4"}
 
 
 def _compare(case: str, precision: str, mutant: str | None = None) -> dict:
@@ -49,7 +50,9 @@ def test_fp32_profile_catches_and_localises(name):
 def test_bf16_profile_catches_the_loud_bugs(name):
     result = _compare(CASE_FOR.get(name, "tiny-sparse"), "bf16", name)
     assert not result["passed"]
-    assert result["first_divergence"]["probe"] == MUTANTS[name].first_divergence
+    fd = result["first_divergence"]
+    assert (fd["probe"], fd["mode"]) == (MUTANTS[name].first_divergence, "isolated"), (
+        f"{name}: first divergence {fd['probe']} ({fd['mode']}), expected {MUTANTS[name].first_divergence} (isolated)")
 
 
 @pytest.mark.parametrize("name", sorted(BF16_INVISIBLE))
@@ -57,6 +60,11 @@ def test_bf16_profile_cannot_see_the_subtle_bugs(name):
     """Documents a limit, not a wish: if this starts failing, bf16 got sharper — update the README table."""
     result = _compare(CASE_FOR.get(name, "tiny-sparse"), "bf16", name)
     assert result["passed"], f"{name} is now caught at bf16; move it to BF16_VISIBLE and update the README"
+
+
+def test_train_mode_is_invisible_without_dropout():
+    """Why the long-axes fixture has dropout 0.1: with dropout 0 a model left in training mode computes the same."""
+    assert _compare("tiny-sparse", "fp32", "train_mode")["passed"]
 
 
 def test_correct_model_passes_every_time():

@@ -95,7 +95,7 @@ def test_compare_exit_1_and_first_divergence_on_a_wrong_state(capsys, tmp_path):
     assert "first divergence: hidden_states_2_block (isolated)" in out
     assert "Mismatched elements: 1 / " in out or "mismatched elements: 1 / " in out
     report = json.loads((tmp_path / "rep" / "parity.json").read_text())
-    assert report["first_divergence"]["torch_path"] == "transformer_blocks.2"
+    assert report["first_divergence"]["reference_path"] == "transformer_blocks.2"
 
 
 def test_baseline_flags_error_growth_inside_tolerance(capsys, tmp_path):

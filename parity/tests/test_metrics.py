@@ -329,6 +329,8 @@ def test_errors():
         compute_metrics(a, np.zeros(6), atol=0, rtol=0, name="x")
     except ParityError as e:
         assert "\n" not in str(e)
+    else:
+        pytest.fail("compute_metrics accepted arrays of shapes (2, 3) and (6,)")
 
 
 def test_compare_close_message():
@@ -606,7 +608,8 @@ def test_compiled_and_numpy_chunk_arithmetic_agree(monkeypatch):
                   "argmax_abs", "ref_at_max", "sub_at_max"):
             assert getattr(compiled, k) == getattr(plain, k), k
         assert compiled.mean_abs == pytest.approx(plain.mean_abs, rel=1e-6)
-        assert compiled.rel_fro == pytest.approx(plain.rel_fro, rel=1e-6)
+        # sums of squares of float32 chunks: the compiled loop's vector width (AVX2 or AVX512) orders them
+        assert compiled.rel_fro == pytest.approx(plain.rel_fro, rel=1e-5)
         assert (1 - compiled.cosine) == pytest.approx(1 - plain.cosine, rel=1e-4)
 
 

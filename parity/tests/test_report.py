@@ -31,7 +31,7 @@ def _probe(name, mode, cls, block=None, max_abs=1e-6, passed=True, atol=1e-5, rt
          "rel_fro": 1e-6, "p99_abs": max_abs / 2, "frac_outside": 0.0, "min_passing_atol": max_abs,
          "nan_ref": 0, "nan_sub": 0, "inf_ref": 0, "inf_sub": 0, "atol": atol, "rtol": rtol,
          "criterion": "absolute", "lowp_ref_max_abs": None, "baseline_max_abs": None, "passed": passed,
-         "message": f"probe {name}: within tolerance", "torch_path": f"torch.{name}", "ms_path": f"ms.{name}"}
+         "message": f"probe {name}: within tolerance", "reference_path": f"torch.{name}", "subject_path": f"ms.{name}"}
     p.update(kw)
     return p
 
@@ -59,7 +59,7 @@ def make_result(case="tiny-sparse", n_blocks=3, fail_block=None, mode="both"):
         "subject_precision": "fp32", "device": "CPU", "mode": mode, "passed": passed,
         "first_divergence": None if passed else {
             "probe": f"hidden_states_{fail_block}_block", "mode": "isolated",
-            "torch_path": f"transformer_blocks.{fail_block}", "ms_path": f"transformer_blocks.{fail_block}"},
+            "reference_path": f"transformer_blocks.{fail_block}", "subject_path": f"transformer_blocks.{fail_block}"},
         "created": "2026-11-22T00:00:00Z", "versions": {"numpy": "1.26.4", "parity": "0.1.0"},
         "duration_s": 1.25, "tolerance_file": "parity/tolerances.json", "tolerance_version": 1,
         "probes": probes, "blocks": blocks,
@@ -119,7 +119,7 @@ def test_fail_summary_line_and_failures_section(tmp_path):
     res = make_result(fail_block=2)
     line = summary_line(res)
     assert line == ("**FAIL** tiny-sparse fp32 (CPU, both): 8/9 probes within tolerance; first divergence: "
-                    "hidden_states_2_block (isolated) — torch transformer_blocks.2 / ms transformer_blocks.2")
+                    "hidden_states_2_block (isolated) — reference transformer_blocks.2 / subject transformer_blocks.2")
     write_report(res, tmp_path)
     md = (tmp_path / "parity.md").read_text()
     assert md.splitlines()[0] == line and "## Failures" in md and "Max absolute difference: 3.1e-04" in md
@@ -168,9 +168,13 @@ def test_summary_for_several_dumps_and_rerender(tmp_path):
     write_report(results[0], other / "tiny-sparse")
     s2 = write_summary(results[:1], other)
     assert s2.read_text().splitlines()[2].endswith("[report](tiny-sparse/parity.md)")
-    assert sorted(p.name for p in other.iterdir()) == ["summary.md", "tiny-sparse"]
-    # single report dir
-    (tmp_path / "tiny-dense" / "parity.md").write_text("stale")
+    assert sorted(p.name for p in other.iterdir() if not p.name.startswith(".")) == ["summary.md", "tiny-sparse"]
+    # single report dir; a parity.md edited by hand (notes) is never overwritten, a deleted one is re-rendered
+    (tmp_path / "tiny-dense" / "parity.md").write_text("my notes")
+    with pytest.raises(ParityError, match=r"tiny-dense/parity.md: exists but was not written by this tool.*move it"):
+        rerender(tmp_path / "tiny-dense")
+    assert (tmp_path / "tiny-dense" / "parity.md").read_text() == "my notes"
+    (tmp_path / "tiny-dense" / "parity.md").unlink()
     rerender(tmp_path / "tiny-dense")
     assert (tmp_path / "tiny-dense" / "parity.md").read_text().startswith("**FAIL**")
 

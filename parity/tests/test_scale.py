@@ -329,32 +329,40 @@ def test_compare_drops_each_reference_page_set_after_its_probe(monkeypatch):
 
 
 class _FakeSubject:
-    """A stand-in subject that 'produces' each probe as a fresh array (reference + noise) in capture order."""
+    """A stand-in subject plug-in that 'produces' each probe as a fresh array (reference + noise) in capture
+    order, through the contract's own ``capture`` hook (no framework)."""
 
-    def __init__(self, path, num_heads):
-        self.path, self.num_heads = path, num_heads
+    name, framework, families, options = "fake", "torch", ("opensora_v13",), {}
 
-    def build_model(self, *a, **k):
+    def __init__(self, path):
+        self.path = path
+
+    def describe(self):
+        return {"plugin": self.name, "framework": "numpy", "versions": {}}
+
+    def overlay(self, family, config):
+        return None
+
+    def build(self, request):
         return open_dump(self.path, verify=False)
+
+    def capture_root(self, model):
+        return model
+
+    def forward(self, model, family, inputs):  # pragma: no cover - capture() does the work
+        raise AssertionError("not called: the plug-in captures by itself")
 
     def precision_label(self, precision, device):
         return precision
 
-    def versions(self):
-        return {}
-
-    def capture(self, dump, inputs, specs, on_probe):
-        from parity.adapters import get_adapter
-
+    def capture(self, dump, family, inputs, items, on_probe, mode):
         rng = np.random.default_rng(0)
-        for spec in specs:
-            x = np.array(dump.state(spec.name))
-            if spec.probe_class not in ("input", "mask"):
+        for item in items:
+            x = np.array(dump.state(item.name))
+            if not item.name.endswith("_input") and "mask" not in item.name:
                 x += (rng.standard_normal(x.shape, dtype=np.float32) * np.float32(1e-7))
-            sub = get_adapter(spec.ms_adapter).from_reference(x, num_heads=self.num_heads)
+            on_probe(item.name, x, "float32")
             del x
-            on_probe(spec.name, sub, "float32")
-            del sub
 
 
 def test_compare_memory_stays_far_below_the_dump_size(tmp_path, monkeypatch):
@@ -363,8 +371,7 @@ def test_compare_memory_stays_far_below_the_dump_size(tmp_path, monkeypatch):
     from parity.probemap import load_probe_map
 
     src = open_dump(os.path.join(FIXTURES, "tiny-dense-fp32"))
-    pmap = load_probe_map(src.family)
-    specs = pmap.probes(src.config["num_layers"])
+    names = load_probe_map(src.family).names(src.config["num_layers"])
     heads = src.config["num_attention_heads"]
     out = str(tmp_path / "big")
     rng = np.random.default_rng(0)
@@ -372,33 +379,33 @@ def test_compare_memory_stays_far_below_the_dump_size(tmp_path, monkeypatch):
     with DumpWriter(out, family=src.family, precision="fp32", config=src.config, case="big") as w:
         for name in src.input_names:
             w.add_input(name, src.input(name))
-        for s in specs:
-            if s.ms_adapter == "repeat_heads":
+        for name in names:
+            if "_sparse_" in name:
                 a = np.repeat(np.where(rng.random((1, 1, 1, n * 32)) < 0.3, -10000.0, 0.0).astype(np.float32),
                               heads, axis=1)
             else:
                 a = rng.standard_normal((n, 1, 64), dtype=np.float32)
-            w.add_state(s.name, a)
+            w.add_state(name, a)
         w.set_weights_file(src.weights_path(), copy=True)
     dump_bytes = sum(e["bytes"] for e in open_dump(out).manifest["files"].values() if e["role"] == "state")
     biggest = max(e["bytes"] for e in open_dump(out).manifest["files"].values())
 
-    class _Map:
-        def __getattr__(self, name):
-            return getattr(pmap, name)
-
-        def harness(self, side):
-            return _FakeSubject(out, heads) if side == "subject" else pmap.harness(side)
-
-    monkeypatch.setattr(C, "load_probe_map", lambda family: _Map())
+    # one small run first: one-time imports and the metrics kernel's JIT compilation are not what is measured
+    # (the test passed alone only when an earlier test in the same process had paid for them)
+    small = os.path.join(FIXTURES, "tiny-dense-fp32")
+    C.compare_dump(small, C.CompareOptions(modes=("accumulated",), progress=False, subject=_FakeSubject(small)))
+    # the synthetic states do not have the shapes this config implies (the fake subject does not care): skip the
+    # family's pre-run checks, which would rightly refuse them
+    monkeypatch.setattr(C.get_family(src.family), "check_run", lambda *a, **k: None)
     gc.collect()
     tracemalloc.start()
     try:
-        result = C.compare_dump(out, C.CompareOptions(modes=("accumulated",), progress=False))
+        result = C.compare_dump(out, C.CompareOptions(modes=("accumulated",), progress=False,
+                                                      subject=_FakeSubject(out)))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert result["passed"] and len(result["probes"]) == len(specs)
+    assert result["passed"] and len(result["probes"]) == len(names)
     assert dump_bytes > 20 * biggest * 0.9
     assert peak < 4 * biggest, f"peak {peak / 2**20:.1f} MiB for probes of {biggest / 2**20:.1f} MiB"
     assert peak < dump_bytes / 5

@@ -11,7 +11,7 @@ from torch import nn
 from parity.capture_torch import TorchCapture, module_paths
 from parity.errors import ParityError
 from parity.families.opensora_v13.probes import probe_names
-from parity.probemap import CaptureSpec, ProbeSpec, load_probe_map
+from parity.probemap import CaptureItem, CaptureSpec, family_capture_items
 from reference_torch import harness as H
 from reference_torch.tests.helpers import make_inputs, tiny_config
 
@@ -61,7 +61,7 @@ def _spec(name, **cap):
     capture = CaptureSpec(module=cap.pop("module"), take=cap.pop("take"), method=cap.pop("method", None),
                           static=cap.pop("static", False), arg=cap.pop("arg", None), where=cap.pop("where", {}),
                           select=tuple(cap.pop("select", ())))
-    return ProbeSpec(name, "block", "", "", capture, capture, "identity")
+    return CaptureItem(name, capture)
 
 
 def _toy_specs():
@@ -197,7 +197,7 @@ def test_capture_records_every_probe_with_documented_shapes_and_is_bit_identical
     cfg = tiny_config()
     model = H.build_model(cfg, H.random_weights(cfg, 0), precision)
     inputs = make_inputs(5)  # B=2, C=8, T=3, H=10, W=6, L=5 -> S = 45 (Skiparse pads to 48)
-    specs = load_probe_map().probes(4)
+    specs = family_capture_items("opensora_v13", 4)
     assert [s.name for s in specs] == probe_names(4)
     got, order = {}, []
 
@@ -228,7 +228,7 @@ def test_capture_records_every_probe_with_documented_shapes_and_is_bit_identical
 def test_capture_works_after_a_previous_capture_and_module_paths_cover_the_map():
     cfg = tiny_config(num_layers=2, sparse1d=False, sparse_n=1)
     model = H.build_model(cfg, H.random_weights(cfg, 1), "fp32")
-    specs = load_probe_map().probes(2)
+    specs = family_capture_items("opensora_v13", 2)
     paths = H.module_paths(model)
     assert {s.capture.module for s in specs} <= paths and "" in paths
     assert "transformer_blocks.1.attn1.to_out.0" in paths and "adaln_single.emb.timestep_embedder.linear_2" in paths

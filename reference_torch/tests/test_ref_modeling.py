@@ -229,7 +229,7 @@ def test_prepare_sparse_mask_content_k_major_and_padding(group):
 def test_mask_conversion_maxpool_any_valid_and_bias():
     from reference_torch import harness as H
     from reference_torch.tests.helpers import make_inputs, tiny_config
-    from parity.probemap import load_probe_map
+    from parity.probemap import family_capture_items
 
     cfg = tiny_config(num_layers=2, sparse1d=False, sparse_n=1)
     model = H.build_model(cfg, H.random_weights(cfg, 0), "fp32")
@@ -241,7 +241,7 @@ def test_mask_conversion_maxpool_any_valid_and_bias():
     video[1, 0, 2, 2] = 7.0  # any non-zero value counts as valid
     inputs["attention_mask"] = video
     got = {}
-    specs = [s for s in load_probe_map().probes(2) if s.name.endswith("_converted")]
+    specs = [s for s in family_capture_items("opensora_v13", 2) if s.name.endswith("_converted")]
     H.capture(model, inputs, specs, lambda name, arr, dt: got.__setitem__(name, (arr, dt)))
     conv, dtype = got["attention_mask_converted"]
     assert dtype == "float32" and conv.shape == (2, 1, 2 * 3 * 3)

@@ -73,9 +73,17 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("padded-batch", "B=2, 45 tokens padded to 48 by Skiparse 4, ragged text masks, partly masked video, "
          "two timesteps", dict(_TINY, num_layers=4, sparse1d=True, sparse_n=4), batch=2, frames=3, height=10,
          width=6, text_len=12, timesteps=(999.0, 321.0), text_valid=(7, 12), masked_video=True),
+    Case("long-axes", "4 layers at D=24 (2 heads x 12), Skiparse 4, a 2x2x57 token grid (57 RoPE positions on W), "
+         "B=2, 228 tokens padded to 240, ragged text, partly masked video, dropout 0.1 (ignored in eval mode)",
+         dict(_TINY, num_layers=4, num_attention_heads=2, attention_head_dim=12, caption_channels=16,
+              cross_attention_dim=24, sparse1d=True, sparse_n=4, dropout=0.1), batch=2, frames=2, height=4,
+         width=114, text_len=7, timesteps=(640.0, 17.0), text_valid=(3, 7), masked_video=True, weights_seed=3,
+         inputs_seed=4),
 )}
 
 DEFAULT_CASE = "tiny-sparse"
+# committed fixtures: every case in fp32 and bf16, these also in fp16 (Makefile FP16_CASES)
+FP16_FIXTURE_CASES = ("tiny-sparse", "padded-batch")
 
 
 def get_case(name: str) -> Case:

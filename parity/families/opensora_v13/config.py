@@ -3,17 +3,22 @@
 Defaults are upstream's ``__init__`` defaults; keys upstream leaves at ``None`` and cannot run without
 (``in_channels``, ``patch_size``, ``patch_size_t``, ``caption_channels``) are required. Unknown keys
 (``_class_name``, ``_diffusers_version``, the EMA leftovers ``decay``/``power``/...) are ignored.
+
+Every known key is checked against ``FIELDS`` (``parity.families.schema``) before the dataclass is built:
+types (JSON bools are bools, ints are ints), ranges (dropout in [0, 1), positive sizes) and size bounds
+well above the released model's, so that shapes, probe names and parameter counts stay small numbers; the
+memory a run needs is checked separately (``parity.families.opensora_v13.resources``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from parity.errors import ParityError
+from parity.errors import ParityError, shown
+from parity.families.schema import Bool, Float, Int, Opaque, Text, check_fields
 
 FAMILY = "opensora_v13"
 
@@ -24,6 +29,21 @@ REQUIRED_KEYS = ("in_channels", "patch_size", "patch_size_t", "caption_channels"
 # Blocks 0, 1 and >= 30 always run dense attention (hard-coded indices upstream, not relative to num_layers).
 FIRST_SPARSE_BLOCK = 2
 FIRST_DENSE_TAIL_BLOCK = 30
+MAX_HIDDEN = 65_536  # heads x head_dim; the released model has 2,304
+
+FIELDS = {
+    "in_channels": Int(lo=1, hi=4096), "patch_size": Int(lo=1, hi=64), "patch_size_t": Int(lo=1, hi=64),
+    "caption_channels": Int(lo=1, hi=65_536), "num_attention_heads": Int(lo=1, hi=1024),
+    "attention_head_dim": Int(lo=1, hi=8192), "out_channels": Int(lo=1, hi=4096, nullable=True),
+    "num_layers": Int(lo=1, hi=1024), "dropout": Float(lo=0.0, hi=1.0, hi_open=True),
+    "cross_attention_dim": Int(lo=1, hi=65_536, nullable=True), "attention_bias": Bool(),
+    "sample_size": Opaque(nullable=True), "sample_size_t": Opaque(nullable=True), "activation_fn": Text(),
+    "only_cross_attention": Bool(), "double_self_attention": Bool(), "upcast_attention": Bool(),
+    "norm_elementwise_affine": Bool(), "norm_eps": Float(lo=0.0, hi=1.0, lo_open=True),
+    "interpolation_scale_h": Float(lo=0.0, hi=1e6, lo_open=True),
+    "interpolation_scale_w": Float(lo=0.0, hi=1e6, lo_open=True),
+    "interpolation_scale_t": Float(lo=0.0, hi=1e6, lo_open=True), "sparse1d": Bool(), "sparse_n": Int(lo=1, hi=64),
+}
 
 
 @dataclass(frozen=True)
@@ -118,18 +138,12 @@ class OpenSoraConfig:
             if not cond:
                 raise ParityError(f"{source}: {what}" + ("" if ";" in what else "; fix this value in the config"))
 
-        for key in ("in_channels", "patch_size", "patch_size_t", "caption_channels", "num_attention_heads",
-                    "attention_head_dim", "num_layers"):
-            val = getattr(self, key)
-            need(isinstance(val, int) and not isinstance(val, bool) and val > 0,
-                 f"'{key}' must be a positive integer, got {val!r}")
-        for key in ("out_channels", "cross_attention_dim"):
-            val = getattr(self, key)
-            need(val is None or (isinstance(val, int) and not isinstance(val, bool) and val > 0),
-                 f"'{key}' must be a positive integer or null, got {val!r}")
+        check_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, FIELDS, source)
+        need(self.hidden_size <= MAX_HIDDEN,
+             f"num_attention_heads x attention_head_dim = {self.hidden_size} exceeds {MAX_HIDDEN} (the released "
+             "model has 24 x 96 = 2304)")
         need(self.activation_fn in SUPPORTED_ACTIVATIONS,
-             f"activation_fn {self.activation_fn!r} is not supported; OpenSoraT2V v1.3 uses 'gelu-approximate'")
-        need(isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0, f"'norm_eps' must be > 0, got {self.norm_eps!r}")
+             f"activation_fn {shown(self.activation_fn, 60)} is not supported; OpenSoraT2V v1.3 uses 'gelu-approximate'")
         need(not self.norm_elementwise_affine,
              "norm_elementwise_affine=true is not supported; v1.3 LayerNorms have no weight/bias")
         need(not self.only_cross_attention and not self.double_self_attention,
@@ -139,16 +153,13 @@ class OpenSoraConfig:
              f"attention_head_dim {self.attention_head_dim} must be divisible by 3 with an even third (3D RoPE splits it t|h|w)")
         if self.num_layers > FIRST_SPARSE_BLOCK:
             need(self.sparse_n in SUPPORTED_SPARSE_N,
-                 f"sparse_n={self.sparse_n!r} is not supported: upstream prepares Skiparse masks only for "
+                 f"sparse_n={shown(self.sparse_n, 40)} is not supported: upstream prepares Skiparse masks only for "
                  f"sparse_n in (1, 4) and blocks 2..29 index them by sparse_n even when sparse1d is false; "
                  f"set sparse_n to 4 (released model) or 1")
             need(self.sparse1d or self.sparse_n == 1,
                  f"sparse1d=false with sparse_n={self.sparse_n} cannot run: upstream hands blocks 2..29 the "
                  f"sparse_n={self.sparse_n} Skiparse masks even when sparse1d is off (shape mismatch in attention); "
                  f"use sparse_n 1 with sparse1d false")
-        for key in ("interpolation_scale_t", "interpolation_scale_h", "interpolation_scale_w"):
-            val = getattr(self, key)
-            need(isinstance(val, (int, float)) and val > 0, f"'{key}' must be > 0, got {val!r}")
 
     def replace(self, **changes) -> "OpenSoraConfig":
         cfg = dataclasses.replace(self, **changes)
@@ -157,17 +168,11 @@ class OpenSoraConfig:
 
 
 def load_config(path: str | os.PathLike) -> OpenSoraConfig:
+    from parity.jsonio import load_json
+
     path = os.fspath(path)
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise ParityError(f"{path}: config file not found; pass the model's config.json") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParityError(f"{path}: cannot read config ({exc.__class__.__name__}); check the file") from None
-    except json.JSONDecodeError as exc:
-        raise ParityError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix or regenerate the config") from None
-    return OpenSoraConfig.from_dict(data, source=path)
+    return OpenSoraConfig.from_dict(load_json(path, "config", "fix it or pass the model's own config.json"),
+                                    source=path)
 
 
 def released_2b_config() -> OpenSoraConfig:

@@ -1,5 +1,6 @@
 """Probe names of ``OpenSoraT2V_v1_3``: what migration engineers dump by hand from a patched upstream
-``forward()`` on the first denoising step, in the order forward() produces them.
+``forward()`` on the first denoising step, in data-flow order (the embedded timestep before the modulation
+vector computed from it).
 
 Layouts are upstream's at the point of capture: ``*_input`` as passed to forward(); converted masks (B,1,S)
 and (B,1,L); ``*_operate_on_patched_inputs`` batch-first as returned by ``_operate_on_patched_inputs``;
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import re
 
+from parity.probemap import PROBE_CLASSES  # noqa: F401 (re-exported for the family's users)
+
 INPUT_NAMES = ("hidden_states", "timestep", "encoder_hidden_states", "attention_mask", "encoder_attention_mask")
 SPARSE_NS = (1, 4)
 
-PROBE_CLASSES = ("input", "mask", "embedding", "block", "output")
 
 _BLOCK_RE = re.compile(r"^hidden_states_(\d+)_block$")
 
@@ -34,10 +36,11 @@ def block_index(name: str) -> int | None:
 
 
 def probe_names(num_layers: int) -> list[str]:
+    """Every probe in data-flow order (as in probe_map.json): a probe never comes after one it feeds."""
     names = [f"{n}_input" for n in INPUT_NAMES]
     names += ["attention_mask_converted", "encoder_attention_mask_converted"]
     names += [f"{n}_operate_on_patched_inputs" for n in
-              ("hidden_states", "encoder_hidden_states", "timestep", "embedded_timestep")]
+              ("hidden_states", "embedded_timestep", "timestep", "encoder_hidden_states")]
     for n in SPARSE_NS:
         for which in ("attention_mask", "encoder_attention_mask"):
             for group in (False, True):

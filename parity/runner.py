@@ -1,0 +1,111 @@
+"""Running a plug-in's model for the harness: its probes (family map + its overlay), capture with its framework's
+hooks around its forward, and teacher forcing through its ``run_step``.
+
+``ModelRun`` is what ``parity dump`` (reference side) and ``parity compare`` (subject side) run; tests and
+other tools use it to capture a model's probes or teacher-force it on numpy arrays without a dump.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from parity.adapters import get_adapter
+from parity.errors import ParityError
+from parity.families import get_family
+from parity.plugins.contract import BuildRequest, OnProbe
+from parity.probemap import Probe, capture_items, load_probe_map, parse_overlay
+from parity.teacher import plan_by_probe
+
+
+def capture_class(framework: str):
+    """The capture context manager for ``framework`` (imports that framework)."""
+    if framework == "torch":
+        from parity.capture_torch import TorchCapture
+        return TorchCapture
+    from parity.capture_ms import MsCapture
+    return MsCapture
+
+
+def plugin_overlay(plugin, family: str, config: dict):
+    """The plug-in's overlay for ``family`` on ``config``, parsed (None: it holds every probe as the family map
+    says)."""
+    raw = plugin.overlay(family, config)
+    if raw is None or hasattr(raw, "entries"):
+        return raw
+    return parse_overlay(raw, f"overlay of plug-in {plugin.name}", family)
+
+
+def capture_run(plugin, model: Any, family: str, inputs: dict, items: list, on_probe: OnProbe,
+                mode: str = "accumulated") -> Any:
+    """``plugin.forward(model, family, inputs)`` with every ``items`` probe (``parity.probemap.CaptureItem``s)
+    reported to ``on_probe(name, array, dtype_name)``; returns the forward's output. A plug-in with a ``capture``
+    method of its own (e.g. one that replays recorded probes) is asked to do it itself, told the ``mode``."""
+    custom = getattr(plugin, "capture", None)
+    if custom is not None:
+        return custom(model, family, inputs, items, on_probe, mode=mode)
+    namer = getattr(plugin, "dtype_namer", None)
+    hooks = capture_class(plugin.framework)(plugin.capture_root(model), items, on_probe,
+                                            dtype_name=namer(model) if namer is not None else None)
+    with hooks:
+        return plugin.forward(model, family, inputs)
+
+
+def module_paths(plugin, model: Any) -> set[str]:
+    """Dotted names of every submodule/cell of the plug-in's capture root ("" = the root)."""
+    root = plugin.capture_root(model)
+    if plugin.framework == "torch":
+        return {name for name, _ in root.named_modules()}
+    return {name for name, _ in root.cells_and_names()}
+
+
+class ModelRun:
+    """A plug-in's model of ``family`` on one config, seen from ``side`` ("reference" or "subject")."""
+
+    def __init__(self, plugin, family: str, config, side: str = "subject"):
+        if family not in plugin.families:
+            raise ParityError(f"the {side} plug-in {plugin.name} implements {', '.join(plugin.families) or 'no family'}"
+                              f", not {family!r}; pick a {side} for {family}")
+        self.plugin, self.family, self.side = plugin, family, side
+        self.fam = get_family(family)
+        self.config = config if hasattr(config, "to_dict") else self.fam.parse_config(config)
+        self.adapters = dict(getattr(plugin, "adapters", {}) or {})
+        self.probes: list[Probe] = load_probe_map(family).resolve(
+            self.fam.num_layers(self.config), adapters=self.adapters,
+            **{side: plugin_overlay(plugin, family, self.config.to_dict())})
+        self.views = {p.name: getattr(p, side) for p in self.probes}
+        self.model = None
+
+    def build(self, weights, precision: str, device: str = "CPU", options: dict | None = None):
+        self.model = self.plugin.build(BuildRequest(self.family, self.config.to_dict(), weights, precision, device,
+                                                    dict(options or {})))
+        return self.model
+
+    def select(self, names=None) -> list[Probe]:
+        return [p for p in self.probes if names is None or p.name in names]
+
+    def capture(self, inputs: dict, on_probe: OnProbe, names=None) -> Any:
+        """A forward on ``inputs`` reporting the probes ``names`` (default all) in this side's layout."""
+        return capture_run(self.plugin, self.model, self.family, inputs, capture_items(self.select(names), self.side),
+                           on_probe)
+
+    def context(self, inputs: dict) -> dict:
+        return self.fam.adapter_context(self.config, inputs)
+
+    def to_reference(self, name: str, array, context: dict) -> np.ndarray:
+        """``array`` of probe ``name`` from this side's layout into the reference's."""
+        return get_adapter(self.views[name].adapter, self.adapters).to_reference(np.asarray(array), **context)
+
+    def plan(self, inputs: dict) -> dict:
+        return plan_by_probe(self.fam.teacher_plan(self.config, inputs))
+
+    def isolated(self, inputs: dict, reference: Callable[[str], np.ndarray], on_probe: Callable[[str, Any], None],
+                 names=None, present: set | None = None) -> list[dict]:
+        """Teacher forcing (``parity.compare.run_isolated``) on ``reference(name)`` tensors in the reference layout;
+        ``present``: the reference probes available (default: every probe)."""
+        from parity.compare import run_isolated
+
+        present = set(self.views) if present is None else present
+        return run_isolated(self.plugin, self.model, self.family, inputs, self.select(names), self.views,
+                            self.plan(inputs), self.context(inputs), reference, present, on_probe, self.adapters)

@@ -1,0 +1,42 @@
+"""The ``torch-reference`` plug-in: this repository's PyTorch models as the reference (the default of ``parity dump``).
+
+Registered under the entry point group ``parity.references``. One glue module per family builds and runs that
+family's model (``FAMILY_GLUE``): ``build_model(config, weights, precision)``, ``model_inputs(model, inputs)`` (the
+forward's keyword tensors), ``random_weights(config, seed)``. Every model keeps upstream's module paths and
+layouts, which is what the family probe maps describe, so there is no overlay.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from parity.plugins.base import TorchPlugin
+from parity.plugins.contract import BuildRequest
+
+FAMILY_GLUE = {"opensora_v13": "reference_torch.harness"}
+
+
+class TorchReference(TorchPlugin):
+    name = "torch-reference"
+    families = tuple(FAMILY_GLUE)
+
+    def _glue(self, family: str):
+        self.check_family(family)
+        return importlib.import_module(FAMILY_GLUE[family])
+
+    def build(self, request: BuildRequest):
+        return self._glue(request.family).build_model(request.config, request.weights, request.precision)
+
+    def forward(self, model, family: str, inputs: dict):
+        import torch
+
+        tensors = self._glue(family).model_inputs(model, inputs)
+        with torch.no_grad():
+            return model(**tensors, return_dict=False)
+
+    def random_weights(self, family: str, config: dict, seed: int) -> dict:
+        return self._glue(family).random_weights(config, seed)
+
+
+def make_plugin(source: str | None = None) -> TorchReference:
+    return TorchReference(source)
