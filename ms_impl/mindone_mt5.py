@@ -51,7 +51,11 @@ def _dtype(precision: str):
 
 
 def build_model(config, weights: Mapping[str, np.ndarray], precision: str = "fp32",
-                substitutions=()) -> MT5EncoderModel:
+                substitutions=(), device: str | None = None) -> MT5EncoderModel:
+    """``device`` given (the ``ms_impl`` plug-in): the MindSpore context is set up for it first."""
+    if device is not None:
+        from ms_impl.harness import setup_context
+        setup_context(device)
     if ms.get_context("mode") != ms.PYNATIVE_MODE:
         raise ParityError("mindone's MT5EncoderModel is driven in PyNative mode; call ms_impl.harness.setup_context()")
     dtype = _dtype(precision)
@@ -80,6 +84,17 @@ def _numpy(value: ms.Tensor) -> np.ndarray:
     return np.array(value.asnumpy(), copy=True)
 
 
+def model_inputs(model: MT5EncoderModel, inputs: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+    """The forward's keyword tensors (the ``ms_impl`` plug-in's glue) and their dtype names."""
+    tensors = {k: ms.Tensor(np.ascontiguousarray(inputs[k], dtype=np.int64)) for k in ("input_ids", "attention_mask")}
+    return tensors, {k: "int64" for k in tensors}
+
+
+def dtype_namer(model: MT5EncoderModel):
+    from parity.capture_ms import tensor_dtype_name
+    return tensor_dtype_name
+
+
 def forward(model: MT5EncoderModel, inputs: Mapping[str, np.ndarray], specs=None,
             on_probe: Callable[[str, np.ndarray, str], None] | None = None) -> np.ndarray:
     ids = ms.Tensor(np.ascontiguousarray(inputs["input_ids"], dtype=np.int64))
@@ -96,8 +111,25 @@ def _tensor(arr) -> ms.Tensor:
     return ms.Tensor(np.array(arr, copy=True))
 
 
+def _model_dtype_teacher(model: MT5EncoderModel, step: TeacherStep, teacher: Mapping[str, np.ndarray]) -> dict:
+    """The plug-in contract hands teacher tensors as float32; a low-precision model gets back the dtype the
+    reference ran them at: the mask, the position bias and block 0's input (the embeddings) in the model's dtype,
+    later blocks' inputs and the final norm's in float32 (the fp32 ``wo`` promotes the residual stream)."""
+    low = np.float16 if model.shared.embedding_table.dtype == ms.float16 else None
+    if low is None:
+        return dict(teacher)
+    out = dict(teacher)
+    for role in ("attention_mask", "position_bias"):
+        if role in out:
+            out[role] = np.asarray(out[role]).astype(low)
+    if step.kind in ("block", "block_position_bias") and step.index == 0:
+        out["hidden_states"] = np.asarray(out["hidden_states"]).astype(low)
+    return out
+
+
 def run_step(model: MT5EncoderModel, step: TeacherStep, teacher: Mapping[str, np.ndarray]) -> np.ndarray:
     enc = model.encoder
+    teacher = _model_dtype_teacher(model, step, teacher)
     if step.kind == "embedding":
         out = model.shared(ms.Tensor(np.ascontiguousarray(teacher["input_ids"], dtype=np.int64)))
     elif step.kind == "relative_position_bias":

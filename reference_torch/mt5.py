@@ -76,6 +76,11 @@ def _long(arr) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.long)
 
 
+def model_inputs(model: MT5EncoderModel, inputs: Mapping[str, np.ndarray]) -> dict:
+    """The forward's keyword tensors (the ``torch-reference`` plug-in's glue)."""
+    return {"input_ids": _long(inputs["input_ids"]), "attention_mask": _long(inputs["attention_mask"])}
+
+
 def forward(model: MT5EncoderModel, inputs: Mapping[str, np.ndarray], specs=None,
             on_probe: Callable[[str, np.ndarray, str], None] | None = None) -> np.ndarray:
     kwargs = {"input_ids": _long(inputs["input_ids"]), "attention_mask": _long(inputs["attention_mask"])}

@@ -13,7 +13,7 @@ import importlib
 from parity.plugins.base import TorchPlugin
 from parity.plugins.contract import BuildRequest
 
-FAMILY_GLUE = {"opensora_v13": "reference_torch.harness"}
+FAMILY_GLUE = {"opensora_v13": "reference_torch.harness", "mt5_encoder": "reference_torch.mt5"}
 
 
 class TorchReference(TorchPlugin):

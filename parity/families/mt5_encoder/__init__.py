@@ -10,6 +10,11 @@ from .probes import INPUT_NAMES  # noqa: F401
 NAME = "mt5_encoder"
 
 
+def recognizes(config: dict) -> bool:
+    """A transformers ``MT5Config`` (``model_type`` "mt5")."""
+    return config.get("model_type") == "mt5"
+
+
 def parse_config(data, source="config"):
     return MT5EncoderConfig.from_dict(data, source=source)
 

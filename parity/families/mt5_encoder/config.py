@@ -60,6 +60,10 @@ class MT5EncoderConfig:
         return self.feed_forward_proj.startswith("gated-")
 
     @property
+    def hidden_size(self) -> int:
+        return self.d_model
+
+    @property
     def inner_dim(self) -> int:
         """Width of the attention projections (``num_heads * d_kv``; not necessarily ``d_model``)."""
         return self.num_heads * self.d_kv
