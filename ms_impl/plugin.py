@@ -71,6 +71,11 @@ class MsImpl(MindSporePlugin):
         tensors, _ = self._glue(family).model_inputs(model, inputs)
         return model(**tensors)
 
+    def make_scheduler(self, num_steps: int, config: dict):
+        """The pipeline family's scheduler on this side: mindone.diffusers' EulerAncestralDiscreteScheduler."""
+        from ms_impl.mindone_euler_ancestral import MindoneEulerAncestral
+        return MindoneEulerAncestral(num_steps, config)
+
     def dtype_namer(self, model):
         return self._glue_of(model).dtype_namer(model)
 

@@ -58,9 +58,9 @@ class DiffusersEulerAncestral:
         self.alphas_cumprod = _numpy(self.scheduler.alphas_cumprod)
 
     def _t(self, k: int) -> torch.Tensor:
-        index = self.scheduler.step_index
-        if index is not None and index != k:
-            raise ValueError(f"scheduler is at step {index}, asked for step {k}: steps run in order")
+        """Step ``k``'s timestep, with the scheduler's step index set to ``k`` (the library sets it from the
+        timestep on the first call and counts up; per-step mode runs any step directly)."""
+        self.scheduler._step_index = int(k)
         return self.scheduler.timesteps[k]
 
     def scale_model_input(self, sample: np.ndarray, k: int) -> np.ndarray:

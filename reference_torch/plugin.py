@@ -34,6 +34,11 @@ class TorchReference(TorchPlugin):
         with torch.no_grad():
             return model(**tensors, return_dict=False)
 
+    def make_scheduler(self, num_steps: int, config: dict):
+        """The pipeline family's scheduler on this side: diffusers' EulerAncestralDiscreteScheduler."""
+        from reference_torch.euler_ancestral import DiffusersEulerAncestral
+        return DiffusersEulerAncestral(num_steps, config)
+
     def random_weights(self, family: str, config: dict, seed: int) -> dict:
         return self._glue(family).random_weights(config, seed)
 
