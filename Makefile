@@ -8,13 +8,15 @@ DEFAULT_REFERENCE ?= fixtures/reference/tiny-sparse-fp32
 CASES   := tiny-dense tiny-sparse tiny-32 padded-batch long-axes
 PRECISIONS := fp32 bf16
 FP16_CASES := tiny-sparse padded-batch
+PIPELINE_CASE ?= tiny-pipeline
+PIPELINE_REFERENCE ?= fixtures/reference/$(PIPELINE_CASE)-fp32
 
 # msprobe (mindstudio-probe) pulls numpy 2 and pandas: it lives in venvs of its own, never in .venv.
 MSPROBE_VENV    := .venv-msprobe
 MSPROBE_MS_VENV := .venv-msprobe-ms
 MSPROBE_FIXTURE_CASE ?= tiny-sparse
 
-.PHONY: setup test parity dump-reference bench fuzz clean msprobe-venv msprobe-ms-venv msprobe-fixtures
+.PHONY: setup test parity parity-pipeline dump-reference bench fuzz clean msprobe-venv msprobe-ms-venv msprobe-fixtures
 
 setup: $(STAMP)
 
@@ -38,7 +40,14 @@ test: setup
 parity: setup
 	$(BIN)/parity compare $(DEFAULT_REFERENCE) --mode both --report $(REPORTS)
 
+# the sampling loop step by step (docs/pipeline.md): per-step (teacher-forced) and free-running
+parity-pipeline: setup
+	$(BIN)/parity compare $(PIPELINE_REFERENCE) --mode both --report $(REPORTS)/pipeline
+
 dump-reference: setup
+	@for p in fp32 fp16; do \
+	  $(BIN)/parity dump --case $(PIPELINE_CASE) --precision $$p --out fixtures/reference/$(PIPELINE_CASE)-$$p --force \
+	  || exit 1; done
 	@for c in $(CASES); do for p in $(PRECISIONS); do \
 	  $(BIN)/parity dump --case $$c --precision $$p --out fixtures/reference/$$c-$$p --force || exit 1; \
 	done; done

@@ -410,6 +410,10 @@ def _print_result(result: dict, verbose: bool) -> None:
     if fd:
         print(f"first divergence: {fd['probe']} ({fd['mode']}) — reference {fd.get('reference_path', '?')} / "
               f"subject {fd.get('subject_path', '?')}")
+    if result.get("steps"):
+        from parity.report_steps import first_failing_lines
+        for line in first_failing_lines(result["steps"]):
+            print(line)
     w = max([len(p["name"]) for p in probes] + [5])
     print(f"  {'probe':<{w}} {'mode':<11} {'max abs':>9} {'mean abs':>9} {'cosine':>10} {'atol':>8} {'rtol':>8}  ok")
     for p in probes:

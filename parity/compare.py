@@ -347,8 +347,9 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     result = _assemble(dump, dump_path, opts, plugin, plugin_options, ordered, time.monotonic() - t0, profiles)
     result["not_evaluated"] = not_evaluated
     result["not_applicable"] = not_applicable
-    if hasattr(fam, "summarize"):   # e.g. the pipeline family's per-step table
+    if hasattr(fam, "summarize"):   # e.g. the pipeline family's per-step table (it replaces the block table)
         result["steps"] = fam.summarize(cfg, ordered)
+        result["blocks"] = []
     if dump.stats_only:
         result["comparison"] = "stats-only"
     notes += _missing_reference_notes(dump)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from parity.dumping import dump_reference
-from parity.families.opensora_v13.cases import get_case
+from parity.families import get_family
 from parity.store import open_dump
 
 pytestmark = pytest.mark.torch
@@ -21,8 +21,16 @@ DUMPS = sorted(os.path.basename(d) for d in glob.glob(os.path.join(FIXTURES, "*"
 def test_every_case_is_committed_in_fp32_and_bf16_and_some_in_fp16():
     from parity.families.opensora_v13.cases import CASES, FP16_FIXTURE_CASES
 
+    from parity.families.pipeline.cases import DEFAULT_CASE as PIPELINE_CASE
+
     assert sorted(DUMPS) == sorted([f"{c}-{p}" for c in CASES for p in ("fp32", "bf16")]
-                                   + [f"{c}-fp16" for c in FP16_FIXTURE_CASES])
+                                   + [f"{c}-fp16" for c in FP16_FIXTURE_CASES]
+                                   + [f"{PIPELINE_CASE}-{p}" for p in ("fp32", "fp16")])
+    pipeline = [f for f in glob.glob(os.path.join(FIXTURES, f"{PIPELINE_CASE}-*", "**", "*"), recursive=True)
+                if os.path.isfile(f)]
+    for precision in ("fp32", "fp16"):
+        size = sum(os.path.getsize(f) for f in pipeline if f"{PIPELINE_CASE}-{precision}" in f)
+        assert 0 < size < 2**20, f"the {precision} pipeline fixture is {size} bytes; keep it under 1 MiB"
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(FIXTURES, "**", "*"), recursive=True)
                 if os.path.isfile(f))
     assert total < 10 * 2**20, f"committed fixtures grew to {total / 2**20:.1f} MiB; keep them a few MB"
@@ -31,11 +39,11 @@ def test_every_case_is_committed_in_fp32_and_bf16_and_some_in_fp16():
 @pytest.mark.parametrize("name", DUMPS)
 def test_regeneration_reproduces_committed_dump(name, tmp_path):
     committed = open_dump(os.path.join(FIXTURES, name))
-    case = get_case(committed.case)
+    case = get_family(committed.family).builtin_cases()[committed.case]
     out = tmp_path / name
     dump_reference(out=str(out), config=case.config, inputs=case.make_inputs(), seed=committed.manifest["seeds"]["weights"],
                    precision=committed.precision, case=case.name, inputs_seed=case.inputs_seed,
-                   threads=committed.manifest["extra"]["threads"])
+                   threads=committed.manifest["extra"]["threads"], family=committed.family)
     fresh = json.loads((out / "manifest.json").read_text())
     old = committed.manifest
     assert fresh["config"] == old["config"]
