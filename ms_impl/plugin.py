@@ -38,9 +38,9 @@ class MsImpl(MindSporePlugin):
     options = {"attention": OptionSpec("attention backend: portable (math path, CPU/GPU), ascend (flash_attention_"
                                        "score), ascend-emulated (the Ascend branch on CPU, kernel emulated)",
                                        choices=ATTENTION_BACKENDS),
-               "mt5-substitutions": OptionSpec("mt5_encoder: labelled CPU substitutions in mindone's mT5 (buckets: host "
+               "mt5-substitutions": OptionSpec("mt5_encoder: labelled CPU substitutions in mindone's mT5 (default none; buckets: host "
                                                "relative-position buckets; all: also gelu_new's tanh via sigmoid)",
-                                               choices=tuple(MT5_SUBSTITUTIONS), default="none")}
+                                               choices=tuple(MT5_SUBSTITUTIONS))}
 
     def _glue(self, family: str):
         self.check_family(family)

@@ -84,8 +84,8 @@ class PipelinePlugin:
         self.options = {**dict(getattr(inner, "options", {}) or {}),
                         "scheduler": OptionSpec("pipeline runs: plugin (the plug-in's own scheduler: diffusers for "
                                                 "torch-reference, mindone.diffusers for ms_impl) or numpy (float64 "
-                                                "formulas, parity.pipeline.numpy_scheduler)", choices=SCHEDULERS,
-                                                default="plugin")}
+                                                "formulas, parity.pipeline.numpy_scheduler); default plugin",
+                                                choices=SCHEDULERS)}
 
     # ---- identity ----------------------------------------------------------------------------------------------
     def describe(self) -> dict:

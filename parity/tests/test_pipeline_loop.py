@@ -105,19 +105,15 @@ def test_latents_are_compared_in_model_input_units():
     assert atol == pytest.approx(14 * T.allowed("noise_pred_text", "fp32", "per_step", 7.5)[0])
 
 
-def test_plan_feeds_each_step_the_reference_latents_and_its_draw():
-    from parity.pipeline import plan as P
-    ref, sched = _run(steps=3)
-    names = P.probe_names(3)
-    assert names[:4] == ["initial_latents", "noise_0", "noise_1", "noise_2"] and names[4] == "step_0_latents_in"
-    steps = P.teacher_plan(3, with_predictions=True)
-    assert [s.probe for s in steps] == [f"step_{k}_latents_out" for k in range(3)] and steps[2].kind == "step"
-    assert steps[1].inputs["latents"] == "step_1_latents_in" and steps[1].inputs["noise"] == "noise_1"
-    # run_step on the plan's feeds reproduces the reference step (same scheduler, reference predictions)
-    init, noise = L.make_noise(0, SHAPE, 3, np.float32, NumpyEulerAncestral(3).init_noise_sigma)
-    sub = NumpyEulerAncestral(3)
-    for step in steps:
-        k = step.index
-        rec = L.run_step(None, sub, k, ref[k]["latents_in"], noise[k],
-                         predictions=(ref[k]["noise_pred_uncond"], ref[k]["noise_pred_text"]))
-        np.testing.assert_array_equal(rec["latents_out"], ref[k]["latents_out"])
+def test_family_plan_feeds_each_record_of_a_step_the_reference_latents_and_its_draw():
+    from parity.families.pipeline import parse_config, probe_names, teacher_plan
+    from parity.families.pipeline.cases import CASES
+
+    cfg = parse_config(dict(CASES["tiny-pipeline"].config, num_inference_steps=3))
+    names = probe_names(cfg)
+    assert names[:4] == ["initial_latents", "encoder_hidden_states", "encoder_attention_mask", "step_0_latents_in"]
+    assert names[-2:] == ["step_2_noise", "step_2_latents_out"] and len(names) == 3 + 8 * 3
+    plan = teacher_plan(cfg)
+    assert [s.probe for s in plan] == names[3:]
+    assert {s.inputs["latents"] for s in plan if s.index == 1} == {"step_1_latents_in"}
+    assert {s.inputs["noise"] for s in plan if s.index == 2} == {"step_2_noise"}

@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from parity.pipeline.loop import STEP_RECORDS
+from parity.pipeline.tolerances import latent_scale as _latent_scale
 from parity.pipeline.numpy_scheduler import NumpyEulerAncestral
 from parity.teacher import TeacherStep
 
@@ -45,15 +46,8 @@ def schedule(config) -> NumpyEulerAncestral:
 
 
 def latent_scale(sigmas: np.ndarray, k: int, record: str) -> float:
-    """√(σ²+1) of the sigma at which these latents are next divided: σ_k for ``latents_in``, σ_{k+1} for
-    ``latents_out`` (σ = 0 after the last step): an error δ in them is δ/√(σ²+1) at the model."""
-    if record == "latents_in":
-        sigma = float(sigmas[k])
-    elif record == "latents_out":
-        sigma = float(sigmas[k + 1]) if k + 1 < len(sigmas) else 0.0
-    else:
-        return 1.0
-    return float(np.sqrt(sigma * sigma + 1.0))
+    """√(σ²+1) of the sigma at which these latents are next divided (``parity.pipeline.tolerances``)."""
+    return _latent_scale(record, k, sigmas)
 
 
 def summarize(config, probes: list[dict]) -> dict:
