@@ -25,7 +25,8 @@ def test_hand_checked_values():
     # sqrt(2^24 - 1) = 4095.99988 lies between two float32 values; which one torch's CPU kernels round to
     # differs between machines (4096.0 or 4095.99976 seen), so either is accepted
     assert sched.init_noise_sigma in (np.float32(4096.0), np.nextafter(np.float32(4096.0), np.float32(0)))
-    np.testing.assert_allclose(sched.sigmas, S.sigmas(100), rtol=1e-5)   # float32 betas/cumprod: 7.8e-6 measured
+    # float32 betas/cumprod: 7.8e-6 measured on one machine, 3.4e-5 on another (torch CPU kernel set)
+    np.testing.assert_allclose(sched.sigmas, S.sigmas(100), rtol=5e-5)
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32) * 4096
     np.testing.assert_allclose(sched.scale_model_input(x, 0), x / np.sqrt(4096.0 ** 2 + 1), rtol=1e-6)
 
