@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 REPORTS ?= reports
 DEFAULT_REFERENCE ?= fixtures/reference/tiny-sparse-fp32
+PIPELINE_CASE ?= tiny-pipeline
+PIPELINE_REFERENCE ?= fixtures/reference/$(PIPELINE_CASE)-fp32
 
 # msprobe (mindstudio-probe) pulls numpy 2 and pandas: it lives in venvs of its own, never in .venv.
 MSPROBE_VENV    := .venv-msprobe
@@ -14,19 +16,23 @@ MSPROBE_FIXTURE_CASE ?= tiny-sparse
 # the `upstream` reference plug-in needs upstream's pinned diffusers: a venv of its own, never .venv
 UPSTREAM_VENV := .venv-upstream
 
-.PHONY: setup test test-checkouts parity dump-reference bench fuzz clean msprobe-venv msprobe-ms-venv \
-        msprobe-fixtures upstream-venv test-upstream
+.PHONY: setup test test-checkouts parity parity-pipeline dump-reference bench fuzz clean msprobe-venv \
+        msprobe-ms-venv msprobe-fixtures upstream-venv test-upstream
 
 setup: $(STAMP)
 
 # torch is pinned to the CPU wheel (an open range can pull a multi-GB CUDA build); mindspore 2.10 needs numpy<2;
 # numba (the metrics passes' compiled chunk loops, parity/metrics/fused.py) and tqdm (the compare progress bar) are
 # pinned too, for a reproducible install.
+# Pipeline parity (docs/pipeline.md): mindone 0.5.0 is the MindSpore subject (mindone.transformers' MT5EncoderModel,
+# mindone.diffusers' EulerAncestralDiscreteScheduler) and pins transformers==4.57.1, the torch reference's mT5;
+# diffusers 0.35.1 is the release mindone.diffusers 0.5.0 mirrors and works with that transformers' huggingface_hub.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "torch==2.13.0" "mindspore==2.10.0" "numpy<2" "numba==0.68.1" "tqdm==4.70.1"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q "torch==2.13.0" "mindspore==2.10.0" "numpy<2" "numba==0.68.1" "tqdm==4.70.1" \
+	  "mindone==0.5.0" "transformers==4.57.1" "diffusers==0.35.1"
+	$(BIN)/pip install -q -e ".[dev,pipeline-torch,pipeline-mindspore]"
 	touch $(STAMP)
 
 test: setup
@@ -54,6 +60,10 @@ test-checkouts: $(MINDONE_VENV)/.installed
 
 parity: setup
 	$(BIN)/parity compare $(DEFAULT_REFERENCE) --mode both --report $(REPORTS)
+
+# the sampling loop step by step (docs/pipeline.md): per-step (teacher-forced) and free-running
+parity-pipeline: setup
+	$(BIN)/parity compare $(PIPELINE_REFERENCE) --mode both --report $(REPORTS)/pipeline
 
 dump-reference: setup
 	@$(BIN)/python -m parity.families.fixtures | while read c p; do \

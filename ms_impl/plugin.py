@@ -23,8 +23,13 @@ from parity.teacher import TeacherStep
 
 OVERLAY_DIR = os.path.join(os.path.dirname(__file__), "overlays")
 ATTENTION_BACKENDS = ("portable", "ascend", "ascend-emulated")  # = ms_impl.attention.BACKENDS
-FAMILY_GLUE = {"opensora_v13": "ms_impl.harness"}
-MODEL_FAMILY = {"OpenSoraT2V_v1_3": "opensora_v13"}   # model class -> family (run_step gets only the model)
+FAMILY_GLUE = {"opensora_v13": "ms_impl.harness", "mt5_encoder": "ms_impl.mindone_mt5"}
+MODEL_FAMILY = {"OpenSoraT2V_v1_3": "opensora_v13",   # model class -> family (run_step gets only the model)
+                "MT5EncoderModel": "mt5_encoder"}
+# mt5_encoder is mindone.transformers' MT5EncoderModel as is; these labelled runtime substitutions
+# (ms_impl.mindone_patches, docs/pipeline.md) are opt-in
+MT5_SUBSTITUTIONS = {"none": (), "buckets": ("host_relative_position_buckets",),
+                     "all": ("host_relative_position_buckets", "sigmoid_gelu_new")}
 
 
 class MsImpl(MindSporePlugin):
@@ -32,7 +37,10 @@ class MsImpl(MindSporePlugin):
     families = tuple(FAMILY_GLUE)
     options = {"attention": OptionSpec("attention backend: portable (math path, CPU/GPU), ascend (flash_attention_"
                                        "score), ascend-emulated (the Ascend branch on CPU, kernel emulated)",
-                                       choices=ATTENTION_BACKENDS)}
+                                       choices=ATTENTION_BACKENDS),
+               "mt5-substitutions": OptionSpec("mt5_encoder: labelled CPU substitutions in mindone's mT5 (default none; buckets: host "
+                                               "relative-position buckets; all: also gelu_new's tanh via sigmoid)",
+                                               choices=tuple(MT5_SUBSTITUTIONS))}
 
     def _glue(self, family: str):
         self.check_family(family)
@@ -51,6 +59,10 @@ class MsImpl(MindSporePlugin):
         return precision_label(precision, device)
 
     def build(self, request: BuildRequest):
+        if request.family == "mt5_encoder":
+            chosen = MT5_SUBSTITUTIONS[request.options.get("mt5-substitutions") or "none"]
+            return self._glue(request.family).build_model(request.config, request.weights, request.precision,
+                                                          substitutions=chosen, device=request.device)
         return self._glue(request.family).build_model(request.config, request.weights, request.precision,
                                                       device=request.device,
                                                       attention_backend=request.options.get("attention"))
@@ -58,6 +70,11 @@ class MsImpl(MindSporePlugin):
     def forward(self, model, family: str, inputs: dict):
         tensors, _ = self._glue(family).model_inputs(model, inputs)
         return model(**tensors)
+
+    def make_scheduler(self, num_steps: int, config: dict):
+        """The pipeline family's scheduler on this side: mindone.diffusers' EulerAncestralDiscreteScheduler."""
+        from ms_impl.mindone_euler_ancestral import MindoneEulerAncestral
+        return MindoneEulerAncestral(num_steps, config)
 
     def dtype_namer(self, model):
         return self._glue_of(model).dtype_namer(model)

@@ -158,10 +158,20 @@ def cmd_dump(args) -> int:
     from parity.inputs_io import load_tensor_file
 
     _check_output(args.out, "--out", "dump")
+    pipeline_flags = [f for f in ("steps", "guidance", "prompts", "latent_size", "noise_seed")
+                      if getattr(args, f) is not None]
+    if args.pipeline and not args.case:
+        return _dump_pipeline(args)
+    if pipeline_flags:
+        raise ParityError(f"--{pipeline_flags[0].replace('_', '-')} belongs to a pipeline dump; add --pipeline (with "
+                          "--config/--weights|--seed/--prompts) or drop it")
     if args.case:
         if args.config or args.inputs or args.weights:
             raise ParityError("--case builds config, weights and inputs itself; drop --config/--weights/--inputs")
         family = family_of_case(args.case, args.family)
+        if args.pipeline and family != "pipeline":
+            raise ParityError(f"--pipeline --case {args.case}: not a pipeline case; 'parity cases --family pipeline' "
+                              "lists them")
         case = get_family(family).builtin_cases()[args.case]
         seed = case.weights_seed if args.seed is None else args.seed
         summary = dump_reference(out=args.out, config=case.config, inputs=case.make_inputs(), seed=seed,
@@ -187,6 +197,37 @@ def cmd_dump(args) -> int:
         _say(f"warning: reference states with NaN/Inf: {', '.join(summary['nonfinite'][:5])}")
     print(f"wrote {summary['out']} ({summary['probes']} probes, {summary['precision']}, reference "
           f"{summary['reference']})")
+    return EXIT_OK
+
+
+def _dump_pipeline(args) -> int:
+    """``parity dump --pipeline``: a denoiser config and weights, prompt embeddings, steps, guidance, latent size
+    and a noise seed -> a pipeline dump (parity.families.pipeline)."""
+    from parity.dumping import dump_reference
+    from parity.families import family_for_config, get_family
+    from parity.inputs_io import load_tensor_file
+    from parity.pipeline.prompts import pipeline_config, pipeline_inputs
+
+    if args.inputs:
+        raise ParityError("--pipeline takes the prompt embeddings as --prompts P.safetensors (and makes the noise "
+                          "itself from --noise-seed); drop --inputs")
+    if not (args.config and args.prompts and args.latent_size) or (args.weights is None) == (args.seed is None):
+        raise ParityError("--pipeline needs --config (the denoiser's config.json), exactly one of --weights W / --seed "
+                          "N, --prompts P.safetensors and --latent-size T H W (or --case NAME of 'parity cases "
+                          "--family pipeline')")
+    _require_file(args.prompts, "prompts file")
+    denoiser = _load_json(args.config, "config")
+    den_family = family_for_config(denoiser, args.family if args.family != "pipeline" else None, args.config)
+    config = pipeline_config(den_family, denoiser, steps=args.steps, guidance=args.guidance, source=args.config)
+    prompts = load_tensor_file(args.prompts, "prompts")
+    cfg = get_family("pipeline").parse_config(config, source=args.config)
+    inputs = pipeline_inputs(cfg, prompts, args.latent_size, args.noise_seed or 0, source=args.prompts)
+    summary = dump_reference(out=args.out, config=config, inputs=inputs, weights_path=args.weights, seed=args.seed,
+                             precision=args.precision, force=args.force, family="pipeline", config_source=args.config,
+                             inputs_source=args.prompts, progress=_progress, threads=args.threads,
+                             inputs_seed=args.noise_seed or 0, **_reference_args(args))
+    print(f"wrote {summary['out']} (pipeline: {cfg.num_inference_steps} steps, guidance {cfg.guidance_scale:g}, "
+          f"{summary['probes']} probes, {summary['precision']}, reference {summary['reference']})")
     return EXIT_OK
 
 
@@ -370,6 +411,10 @@ def _print_result(result: dict, verbose: bool) -> None:
     if fd:
         print(f"first divergence: {fd['probe']} ({fd['mode']}) — reference {fd.get('reference_path', '?')} / "
               f"subject {fd.get('subject_path', '?')}")
+    if result.get("steps"):
+        from parity.report_steps import first_failing_lines
+        for line in first_failing_lines(result["steps"]):
+            print(line)
     w = max([len(p["name"]) for p in probes] + [5])
     print(f"  {'probe':<{w}} {'mode':<11} {'max abs':>9} {'mean abs':>9} {'cosine':>10} {'atol':>8} {'rtol':>8}  ok")
     for p in probes:
@@ -526,6 +571,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stats-only", action="store_true",
                    help="store per-probe statistics, sha256 and a sample of values instead of the tensors (very "
                         "large runs; 'parity compare' then applies the weaker stats criterion)")
+    g = s.add_argument_group("pipeline dumps (docs/pipeline.md)")
+    g.add_argument("--pipeline", action="store_true",
+                   help="dump the CFG sampling loop step by step around the denoiser of --config (or a pipeline --case)")
+    g.add_argument("--steps", type=int, help="denoising steps (default 10)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--prompts", metavar="P.safetensors",
+                   help="prompt embeddings: prompt_embeds, prompt_attention_mask, negative_prompt_embeds, "
+                        "negative_prompt_attention_mask ((B, L, D) and (B, L))")
+    g.add_argument("--latent-size", type=int, nargs=3, metavar=("T", "H", "W"), help="latent frames, height, width")
+    g.add_argument("--noise-seed", type=int, help="seed of the recorded initial latents and ancestral draws (default 0)")
     _plugin_args(s, "reference")
     s.set_defaults(func=cmd_dump)
 

@@ -33,7 +33,7 @@ from parity.families import get_family
 from parity.metrics import compute_metrics, mismatch_message
 from parity.plugins import load_plugin, parse_options
 from parity.plugins.contract import StepNotRun
-from parity.probemap import MODES, Probe, capture_items
+from parity.probemap import MODES, PROBE_CLASSES, Probe, capture_items
 from parity.progress import Progress
 from parity.runner import ModelRun, capture_run
 from parity.safetensors_io import release_pages
@@ -71,8 +71,9 @@ def _finite_or_none(x):
     return x if np.isfinite(x) else None
 
 
-def resolve_subject(opts: CompareOptions, reference_path: str | None = None):
-    """The subject plug-in and its checked options (with ``against``: the recorded subject of that dump)."""
+def resolve_subject(opts: CompareOptions, reference_path: str | None = None, family: str | None = None):
+    """The subject plug-in (wrapped for ``family`` when that family runs it inside itself, e.g. a denoiser in the
+    pipeline family's loop) and its checked options (with ``against``: the recorded subject of that dump)."""
     if opts.against is not None:
         from parity.subject_dump import RecordedSubject
 
@@ -82,6 +83,8 @@ def resolve_subject(opts: CompareOptions, reference_path: str | None = None):
         return RecordedSubject(opts.against, reference_path, verify=opts.verify_checksums), {}
     plugin = opts.subject if opts.subject is not None and not isinstance(opts.subject, str) else \
         load_plugin(opts.subject, "subject", opts.subject_path)
+    from parity.dumping import wrap_for_family
+    plugin = wrap_for_family(plugin, family, "subject")
     if isinstance(opts.subject_options, dict):
         options = parse_options([f"{k}={v}" for k, v in opts.subject_options.items()], plugin, "--subject-option")
     else:
@@ -92,9 +95,11 @@ def resolve_subject(opts: CompareOptions, reference_path: str | None = None):
 class _Evaluator:
     """Compares one probe at a time and keeps only the verdict and metrics."""
 
-    def __init__(self, dump, probes: list[Probe], profiles, precision, context, adapters, progress, shown=True):
+    def __init__(self, dump, probes: list[Probe], profiles, precision, context, adapters, progress, shown=True,
+                 atol_scale: Callable[[str], float] | None = None):
         self.dump = dump
         self.shown = shown
+        self.atol_scale = atol_scale
         self.probes = {p.name: p for p in probes}
         self.profiles = profiles
         self.precision = precision
@@ -140,6 +145,8 @@ class _Evaluator:
     def _judge(self, mode: str, probe: Probe, sub: np.ndarray, ref: np.ndarray) -> None:
         name = probe.name
         tol = self.profiles.lookup(self.precision, probe.probe_class, mode)
+        if self.atol_scale is not None:   # a family's units (pipeline latents: model-input units)
+            tol = replace(tol, atol=tol.atol * self.atol_scale(name))
         use_relative = (tol.relative is not None and mode == "accumulated" and self.dump.has_fp32_states
                         and probe.probe_class not in ("input", "mask"))
         if tuple(sub.shape) != tuple(ref.shape):
@@ -262,7 +269,7 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
                           f"from with --against {dump_path}")
     fam = get_family(dump.family, source=dump.manifest_path)
     cfg = fam.parse_config(dump.config, source=os.path.join(dump_path, "config.json"))
-    plugin, plugin_options = resolve_subject(opts, dump_path)
+    plugin, plugin_options = resolve_subject(opts, dump_path, dump.family)
     if opts.against is not None:
         missing = [m for m in opts.modes if m not in plugin.modes]
         if missing:
@@ -272,7 +279,8 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     run = ModelRun(plugin, dump.family, cfg)
     getattr(plugin, "check_device", lambda _d: None)(opts.device)
     probes = _select(run.probes, dump, dump_path, opts.probes)
-    profiles = load_profiles(opts.tolerance_file or family_path(dump.family))
+    profiles = load_profiles(opts.tolerance_file or family_path(dump.family),
+                             classes=getattr(fam, "PROBE_CLASSES", PROBE_CLASSES))
     notes = []
     if dump.stats_only:
         opts, notes = _stats_only_modes(dump, dump_path, opts)
@@ -295,8 +303,10 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     produced = [p for p in probes if p.subject.capture is not None or (p.name in plan and "isolated" in opts.modes)]
     progress = Progress(len(produced) * len(opts.modes), f"compare {os.path.basename(os.path.normpath(dump_path))}",
                         enabled=opts.progress)
+    scale = getattr(fam, "atol_scale", None)
     evaluator = _Evaluator(dump, probes, profiles, dump.precision, context, run.adapters, progress,
-                           shown=opts.shown_metrics)
+                           shown=opts.shown_metrics,
+                           atol_scale=None if scale is None else (lambda name: scale(cfg, name)))
     model = run.build(weights, dump.precision, opts.device, plugin_options)
     del weights
     not_evaluated: list[dict] = []
@@ -328,6 +338,9 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     result = _assemble(dump, dump_path, opts, plugin, plugin_options, ordered, time.monotonic() - t0, profiles)
     result["not_evaluated"] = not_evaluated
     result["not_applicable"] = not_applicable
+    if hasattr(fam, "summarize"):   # e.g. the pipeline family's per-step table (it replaces the block table)
+        result["steps"] = fam.summarize(cfg, ordered)
+        result["blocks"] = []
     if dump.stats_only:
         result["comparison"] = "stats-only"
     notes += _missing_reference_notes(dump)

@@ -48,11 +48,23 @@ def _check_precision(precision: str) -> None:
         raise ParityError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
 
 
-def resolve_reference(reference=None, reference_path: str | None = None, reference_options=None):
-    """The reference plug-in (a name, ``module:attr`` or a plug-in object; default ``torch-reference``) and its
-    checked options (``KEY=VALUE`` strings or a dict)."""
+def wrap_for_family(plugin, family: str | None, side: str):
+    """A family that runs another family's model inside it (the pipeline family: a denoiser inside the sampling
+    loop) wraps a plug-in of that model into one of its own (``wrap_plugin``); any other plug-in is as given."""
+    if family is None or family in plugin.families:
+        return plugin
+    wrap = getattr(get_family(family), "wrap_plugin", None)
+    return plugin if wrap is None else wrap(plugin, side)
+
+
+def resolve_reference(reference=None, reference_path: str | None = None, reference_options=None,
+                      family: str | None = None):
+    """The reference plug-in (a name, ``module:attr`` or a plug-in object; default ``torch-reference``; wrapped
+    for ``family`` when that family runs it inside itself) and its checked options (``KEY=VALUE`` strings or a
+    dict)."""
     plugin = reference if reference is not None and not isinstance(reference, str) else \
         load_plugin(reference, "reference", reference_path)
+    plugin = wrap_for_family(plugin, family, "reference")
     pairs = ([f"{k}={v}" for k, v in reference_options.items()] if isinstance(reference_options, dict)
              else reference_options)
     return plugin, parse_options(pairs, plugin, "--reference-option")
@@ -109,7 +121,7 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
     if weights is None and seed is None:
         raise ParityError("no weights: pass --weights W.safetensors or --seed N for random weights")
     # the framework is imported only once the given files are known to be usable
-    ref, ref_options = resolve_reference(reference, reference_path, reference_options)
+    ref, ref_options = resolve_reference(reference, reference_path, reference_options, family)
     run = ModelRun(ref, family, cfg, side="reference")
     absent = [p.name for p in run.probes if p.reference.capture is None]
     if absent:
@@ -148,7 +160,7 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
         run.build(weights_lowp, precision, "CPU", ref_options)
         run.capture(inputs, record("state"))
         run.model = None
-        if precision != "fp32" and not stats_only:
+        if precision != "fp32" and not stats_only and getattr(fam, "FP32_SHADOW", True):
             say(f"running the reference {ref.name} in fp32 on the same weights (for the reference-relative criterion)")
             run.build(weights_lowp, "fp32", "CPU", ref_options)
             run.capture(inputs, record("state_fp32"))

@@ -27,6 +27,10 @@ from parity.errors import ParityError
 
 FAMILIES_DIR = os.path.join(os.path.dirname(__file__), "families")
 PROBE_CLASSES = ("input", "mask", "embedding", "block", "output")
+# classes of the pipeline family's step records (parity/families/pipeline): latents, the scaled model input, the
+# timestep, the denoiser's predictions and the guided prediction
+PIPELINE_CLASSES = ("latents", "scaled_input", "timestep", "prediction", "guided")
+ALL_PROBE_CLASSES = PROBE_CLASSES + PIPELINE_CLASSES
 MODES = ("isolated", "accumulated")   # comparison modes (see parity.compare)
 MAP_VERSION = 2
 OVERLAY_VERSION = 1
@@ -242,8 +246,8 @@ def load_probe_map(family: str, path: str | None = None) -> ProbeMap:
         if not isinstance(name, str) or not name or name in seen:
             raise ParityError(f"{where_txt}: missing or duplicate probe name {name!r}")
         seen.add(name)
-        if entry.get("class") not in PROBE_CLASSES:
-            raise ParityError(f"{where_txt} ({name}): class must be one of {PROBE_CLASSES}")
+        if entry.get("class") not in ALL_PROBE_CLASSES:
+            raise ParityError(f"{where_txt} ({name}): class must be one of {ALL_PROBE_CLASSES}")
         capture = CaptureSpec.parse(entry.get("capture"), f"{where_txt} ({name})")
         templates.append(_Template(name, entry["class"], str(entry.get("path", capture.module or "(root)")), capture))
     return ProbeMap(str(data.get("family", family)), path, tuple(templates))

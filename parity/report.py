@@ -307,7 +307,10 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
     if meta:
         out.append("")
     if png_name:
-        out += [f"![per-block max abs error]({png_name})", ""]
+        out += [f"![{'per-step errors' if result.get('steps') else 'per-block max abs error'}]({png_name})", ""]
+    if result.get("steps"):
+        from parity.report_steps import render_steps_markdown
+        out += render_steps_markdown(result["steps"])
 
     out += ["| probe | mode | shape | max abs | mean abs | max rel | cosine | atol | rtol | pass |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
@@ -402,11 +405,19 @@ def png_bytes(result: dict) -> bytes:
 
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
     prec = result.get("precision") or "?"
     sub = result.get("subject_precision")
     title = f"{result.get('case', '?')} — {prec if not sub or sub == prec else f'{sub} vs {prec}'}"
     title += f" ({result.get('device') or '?'}) — {'PASS' if result.get('passed') else 'FAIL'}"
+    if result.get("steps"):
+        from parity.report_steps import draw_steps
+        draw_steps(fig, result)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        return buf.getvalue()
+    ax = fig.add_subplot(1, 1, 1)
     ax.set_title(title, fontsize=10)
 
     blocks = _block_positions(result.get("blocks") or [])

@@ -64,7 +64,7 @@ def record_subject(reference_path: str, out: str, opts, force: bool = False) -> 
                           f"teacher tensors; run-subject needs a full reference dump")
     fam = get_family(dump.family)
     cfg = fam.parse_config(dump.config, source=os.path.join(reference_path, "config.json"))
-    plugin, plugin_options = resolve_subject(opts)
+    plugin, plugin_options = resolve_subject(opts, family=dump.family)
     run = ModelRun(plugin, dump.family, cfg)
     getattr(plugin, "check_device", lambda _d: None)(opts.device)
     probes = _select(run.probes, dump, reference_path, opts.probes)

@@ -132,14 +132,15 @@ def relative_passed(sub_err: float, lowp_err: float, crit: RelativeCriterion) ->
 
 # ----------------------------------------------------------------------------------------------------------
 
-def load_profiles(path: str | Path | None = None) -> Profiles:
-    """Load and validate a tolerance file (default: the opensora_v13 family's)."""
+def load_profiles(path: str | Path | None = None, classes: tuple = PROBE_CLASSES) -> Profiles:
+    """Load and validate a tolerance file (default: the opensora_v13 family's); ``classes``: the probe classes it
+    must have (a family's own, e.g. the pipeline family's step records)."""
     from parity.jsonio import load_json
 
     p = Path(path) if path is not None else DEFAULT_PATH
     label = str(p)
     data = load_json(p, "tolerance file", "fix the tolerance file or omit --tolerances")
-    return _parse(data, label)
+    return _parse(data, label, tuple(classes))
 
 
 def _err(label: str, where: str, what: str) -> ParityError:
@@ -174,7 +175,7 @@ def _reason(label: str, where: str, v: Any) -> str:
     return v.strip()
 
 
-def _parse(data: Any, label: str) -> Profiles:
+def _parse(data: Any, label: str, classes: tuple = PROBE_CLASSES) -> Profiles:
     _keys(label, "top level", data, ("version", "profiles"), ("description",))
     version = data["version"]
     if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_VERSIONS:
@@ -187,17 +188,17 @@ def _parse(data: Any, label: str) -> Profiles:
     if not isinstance(profiles, dict) or not profiles:
         raise _err(label, "profiles", "must be a non-empty object keyed by precision")
     table: dict[str, dict[str, dict[str, Tolerance]]] = {}
-    for prec, classes in profiles.items():
+    for prec, by_class in profiles.items():
         if not _PRECISION_RE.match(prec):
             raise _err(label, f"profiles.{prec}", "precision names use letters, digits and _.+- only")
-        _keys(label, f"profiles.{prec}", classes, PROBE_CLASSES)
+        _keys(label, f"profiles.{prec}", by_class, classes)
         table[prec] = {}
-        for cls in PROBE_CLASSES:
-            _keys(label, f"profiles.{prec}.{cls}", classes[cls], MODES)
+        for cls in classes:
+            _keys(label, f"profiles.{prec}.{cls}", by_class[cls], MODES)
             table[prec][cls] = {}
             for mode in MODES:
                 where = f"profiles.{prec}.{cls}.{mode}"
-                entry = classes[cls][mode]
+                entry = by_class[cls][mode]
                 _keys(label, where, entry, ("atol", "rtol", "reason"), ("relative",))
                 rel = None
                 if "relative" in entry:

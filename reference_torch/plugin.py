@@ -13,7 +13,7 @@ import importlib
 from parity.plugins.base import TorchPlugin
 from parity.plugins.contract import BuildRequest
 
-FAMILY_GLUE = {"opensora_v13": "reference_torch.harness"}
+FAMILY_GLUE = {"opensora_v13": "reference_torch.harness", "mt5_encoder": "reference_torch.mt5"}
 
 
 class TorchReference(TorchPlugin):
@@ -33,6 +33,11 @@ class TorchReference(TorchPlugin):
         tensors = self._glue(family).model_inputs(model, inputs)
         with torch.no_grad():
             return model(**tensors, return_dict=False)
+
+    def make_scheduler(self, num_steps: int, config: dict):
+        """The pipeline family's scheduler on this side: diffusers' EulerAncestralDiscreteScheduler."""
+        from reference_torch.euler_ancestral import DiffusersEulerAncestral
+        return DiffusersEulerAncestral(num_steps, config)
 
     def random_weights(self, family: str, config: dict, seed: int) -> dict:
         return self._glue(family).random_weights(config, seed)

@@ -15,7 +15,7 @@ import importlib
 
 from parity.errors import ParityError, shown
 
-FAMILIES = ("opensora_v13", "stdit3", "stdit")
+FAMILIES = ("opensora_v13", "stdit3", "stdit", "mt5_encoder", "pipeline")
 DEFAULT_FAMILY = "opensora_v13"
 
 

@@ -20,6 +20,13 @@ DUMPS = sorted(os.path.basename(d) for d in glob.glob(os.path.join(FIXTURES, "*"
 
 def test_every_family_fixture_is_committed():
     assert sorted(DUMPS) == sorted(f"{c}-{p}" for c, p in fixture_dumps())
+    from parity.families.pipeline.cases import DEFAULT_CASE as PIPELINE_CASE
+
+    pipeline = [f for f in glob.glob(os.path.join(FIXTURES, f"{PIPELINE_CASE}-*", "**", "*"), recursive=True)
+                if os.path.isfile(f)]
+    for precision in ("fp32", "fp16"):
+        size = sum(os.path.getsize(f) for f in pipeline if f"{PIPELINE_CASE}-{precision}" in f)
+        assert 0 < size < 2**20, f"the {precision} pipeline fixture is {size} bytes; keep it under 1 MiB"
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(FIXTURES, "**", "*"), recursive=True)
                 if os.path.isfile(f))
     assert total < 16 * 2**20, f"committed fixtures grew to {total / 2**20:.1f} MiB; keep them a few MB per family"

@@ -103,3 +103,29 @@ def probe_shapes(config, inputs) -> dict:
     """{probe: shape} the reference produces for ``inputs`` (normalised arrays or shapes)."""
     from .resources import probe_shapes as _shapes
     return _shapes(config, {k: tuple(getattr(v, "shape", v)) for k, v in inputs.items()})
+
+
+# ---- pipeline hooks (parity.families.pipeline): how Open-Sora-Plan's sampler calls the DiT (fact sheet §6) ----
+PIPELINE_OUTPUT_PROBE = "hidden_states_output"
+
+
+def pipeline_inputs(latent_model_input, timestep, encoder_hidden_states, encoder_attention_mask) -> dict:
+    """The DiT's inputs at one step: ``attention_mask = ones_like(latents)[:, 0]``, text rows as given."""
+    import numpy as np
+
+    b, _, t, h, w = latent_model_input.shape
+    return {"hidden_states": latent_model_input, "timestep": timestep,
+            "encoder_hidden_states": encoder_hidden_states,
+            "attention_mask": np.ones((b, t, h, w), dtype=latent_model_input.dtype),
+            "encoder_attention_mask": encoder_attention_mask}
+
+
+def pipeline_text(normalized: dict) -> dict:
+    return {k: normalized[k] for k in ("encoder_hidden_states", "encoder_attention_mask")}
+
+
+def pipeline_prediction_shape(config, latent_shape) -> tuple:
+    """The prediction the sampler uses: the output, or its first half when the DiT also predicts variances."""
+    c = latent_shape[1]
+    return tuple(latent_shape) if config.out_channels in (c, 2 * c) else (latent_shape[0], config.out_channels,
+                                                                         *latent_shape[2:])
