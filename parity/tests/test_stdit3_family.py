@@ -249,4 +249,4 @@ def test_teacher_plan_feeds_every_block_from_earlier_reference_probes():
                                                           x_mask="x_mask_input", t0="t0")
     assert by["hidden_states_output"].params == dict(N_t=4, N_h=3, N_w=4, R_t=4, R_h=5, R_w=7)
     ctx = fam.adapter_context(cfg, inputs)
-    assert ctx["text_lens"] == (5, 3) and (ctx["T"], ctx["S"], ctx["num_heads"], ctx["batch"]) == (5, 20, 4, 2)
+    assert ctx["text_lens"] == (5, 3) and (ctx["T"], ctx["S"], ctx["num_heads"], ctx["batch"]) == (4, 12, 2, 2)
