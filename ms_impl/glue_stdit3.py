@@ -12,7 +12,7 @@ Parameters there, same keys).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import mindspore as ms
 import numpy as np
@@ -21,10 +21,10 @@ from mindspore.nn.utils import no_init_parameters
 
 from ms_impl import attention as attention_seam
 from ms_impl.convert import check_tensors, load_into
-from ms_impl.harness import setup_context
+from ms_impl.harness import dtype_namer, setup_context  # noqa: F401 (the plug-in calls dtype_namer)
 from ms_impl.modeling_stdit3 import STDiT3, set_attention_backend, set_precision
 from ms_impl.precision import normalize_device, precision_label
-from parity.capture_ms import tensor_dtype_name, to_numpy
+from parity.capture_ms import to_numpy
 from parity.errors import ParityError
 from parity.families import stdit3 as family
 
@@ -61,20 +61,6 @@ def model_inputs(model: STDiT3, inputs: Mapping[str, np.ndarray]) -> tuple[dict,
     arrays = family.normalize_inputs(inputs, model.parity_config)
     tensors = {k: Tensor(np.ascontiguousarray(v)) for k, v in arrays.items()}
     return tensors, {k: str(np.asarray(v).dtype) for k, v in arrays.items()}
-
-
-def dtype_namer(model: STDiT3, known: Mapping[int, str] | None = None) -> Callable[[Any], str]:
-    """Emulated bf16 values (float32 tensors of the working dtype) are named "bfloat16"."""
-    nx = model.numerics
-    known = dict(known or {})
-
-    def name(value: Any) -> str:
-        if id(value) in known:
-            return known[id(value)]
-        if isinstance(value, Tensor) and value.dtype == nx.dtype:
-            return nx.logical
-        return tensor_dtype_name(value)
-    return name
 
 
 def run_step(model: STDiT3, step, teacher: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -14,22 +14,17 @@ import contextlib
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, ContextManager
 
 import numpy as np
 from mindspore import Tensor, nn, ops
 
 import ms_impl.modeling_stdit3 as M
-from ms_impl.mutants import _setting
+from ms_impl.mutants import Mutant as BaseMutant, _setting
 
 
 @dataclass(frozen=True)
-class Mutant:
-    name: str
-    description: str
-    first_divergence: str
-    apply: Callable[[object], ContextManager]
-    case: str = "stdit3-tiny-padded"
+class Mutant(BaseMutant):
+    case: str = "stdit3-tiny-padded"       # the committed fixture whose inputs make the bug visible
 
 
 def _rope_rotate_half(rope: M.RotaryEmbedding):
