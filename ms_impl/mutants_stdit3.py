@@ -1,4 +1,4 @@
-"""Deliberately wrong variants of the MindSpore STDiT3 port, for the teeth tests (``ms_impl/tests/test_stdit3_teeth.py``).
+"""Deliberately wrong variants of the MindSpore STDiT3 port, for the teeth tests (test_stdit3_teeth.py).
 
 Each mutant patches a *built* model inside a ``with`` block and restores it on exit; ``modeling_stdit3`` has no test
 flags. ``first_divergence`` is the first probe (data-flow order) the bug changes, in isolated mode; ``case`` is the
