@@ -13,7 +13,8 @@ import importlib
 from parity.plugins.base import TorchPlugin
 from parity.plugins.contract import BuildRequest
 
-FAMILY_GLUE = {"opensora_v13": "reference_torch.harness", "mt5_encoder": "reference_torch.mt5"}
+FAMILY_GLUE = {"opensora_v13": "reference_torch.harness", "mt5_encoder": "reference_torch.mt5",
+               "stdit3": "reference_torch.glue_stdit3"}
 
 
 class TorchReference(TorchPlugin):

@@ -112,9 +112,9 @@ def test_precision_casts_every_parameter_like_torchs_model_to():
 
 def test_absent_optional_inputs_are_their_neutral_values():
     model = build()
-    inputs = inputs_of("tiny-padded")
+    inputs = inputs_of("stdit3-tiny-padded")
     base = model(**inputs).asnumpy()
-    assert base.shape == (2, 8, 3, 8, 12) and base.dtype == np.float32
+    assert base.shape == (2, 8, 3, 6, 10) and base.dtype == np.float32
     no_xmask = {k: v for k, v in inputs.items() if k != "x_mask"}
     np.testing.assert_array_equal(model(**no_xmask).asnumpy(), base)
     ones = dict(inputs, mask=np.ones((2, 8), np.int64))
@@ -132,7 +132,7 @@ def test_ascend_flash_branch_emulated_on_cpu_matches_the_portable_path():
     (flash_attention_score's contract emulated on CPU: boolean discard mask from the -inf text bias, head_dim padded
     to 16) against the portable branch."""
     config = dict(TINY, enable_flash_attn=True)
-    inputs = inputs_of("tiny-padded")
+    inputs = inputs_of("stdit3-tiny-padded")
     portable = build(config, "bf16-emulated")
     M.set_attention_backend(portable, "portable")
     emulated = build(config, "bf16-emulated")

@@ -166,7 +166,7 @@ def test_sizes_as_upstream_forward_computes_them():
 
 # ---- inputs ---------------------------------------------------------------------------------------------------
 def _inputs(**over):
-    inputs = cases_mod.CASES["tiny-padded"].make_inputs()
+    inputs = cases_mod.CASES["stdit3-tiny-padded"].make_inputs()
     inputs.update(over)
     return {k: v for k, v in inputs.items() if v is not None}
 
@@ -220,16 +220,16 @@ def test_builtin_cases_cover_padding_batch_non_square_and_x_mask():
         a, b = case.make_inputs(), case.make_inputs()
         assert all(np.array_equal(a[k], b[k]) for k in a)
         fam.normalize_inputs(a, cfg, case.name)
-    padded = cases["tiny-padded"].make_inputs()
+    padded = cases["stdit3-tiny-padded"].make_inputs()
     assert padded["x"].shape[0] == 2 and padded["mask"].sum(1).tolist() == [5, 8]
     assert padded["x"].shape[3] != padded["x"].shape[4]
-    xm = cases["tiny-xmask"].make_inputs()["x_mask"]
+    xm = cases["stdit3-tiny-xmask"].make_inputs()["x_mask"]
     assert not xm[:, 0].any() and xm[:, 1:].all()
-    assert cases["tiny-cfg"].make_inputs()["mask"].shape[0] == 1
+    assert cases["stdit3-tiny-cfg"].make_inputs()["mask"].shape[0] == 1
 
 
 def test_teacher_plan_feeds_every_block_from_earlier_reference_probes():
-    case = cases_mod.CASES["tiny-xmask"]
+    case = cases_mod.CASES["stdit3-tiny-xmask"]
     cfg = fam.parse_config(case.config)
     inputs = fam.normalize_inputs(case.make_inputs(), cfg)
     plan = fam.teacher_plan(cfg, inputs)
@@ -244,9 +244,9 @@ def test_teacher_plan_feeds_every_block_from_earlier_reference_probes():
     assert by["hidden_states_1_spatial_block"].inputs["x"] == "hidden_states_0_temporal_block"
     assert by["hidden_states_1_temporal_block"].inputs == dict(
         x="hidden_states_1_spatial_block", y="y", t="t_mlp", mask="y_lens", x_mask="x_mask_input", t0="t0_mlp")
-    assert by["hidden_states_0_temporal_block"].params == {"T": 5, "S": 20}
+    assert by["hidden_states_0_temporal_block"].params == {"T": 4, "S": 12}
     assert by["hidden_states_final_layer"].inputs == dict(x="hidden_states_1_temporal_block", t="t",
                                                           x_mask="x_mask_input", t0="t0")
-    assert by["hidden_states_output"].params == dict(N_t=5, N_h=4, N_w=5, R_t=5, R_h=7, R_w=9)
+    assert by["hidden_states_output"].params == dict(N_t=4, N_h=3, N_w=4, R_t=4, R_h=5, R_w=7)
     ctx = fam.adapter_context(cfg, inputs)
-    assert ctx["text_lens"] == (5, 3) and (ctx["T"], ctx["S"], ctx["num_heads"], ctx["batch"]) == (5, 20, 4, 2)
+    assert ctx["text_lens"] == (5, 3) and (ctx["T"], ctx["S"], ctx["num_heads"], ctx["batch"]) == (4, 12, 2, 2)

@@ -170,7 +170,7 @@ def test_strict_loading_refuses_missing_or_renamed_keys():
 # ---- forward: defaults, layout, flash switch, capture ----------------------------------------------------------
 def test_absent_x_mask_and_mask_give_the_same_output_as_all_true_and_all_ones():
     model = build(TINY)
-    inputs = torch_inputs(case_inputs("tiny-padded"))
+    inputs = torch_inputs(case_inputs("stdit3-tiny-padded"))
     full = dict(inputs, mask=torch.ones(2, 8, dtype=torch.int64), x_mask=torch.ones(2, 3, dtype=torch.bool))
     with torch.no_grad():
         a = model(**full)
@@ -196,13 +196,13 @@ def test_the_residual_stream_keeps_the_patch_embeddings_channel_first_layout():
         if name.endswith(("cross_attn.q_linear", "attn.qkv", "mlp.fc1", "cross_attn.kv_linear", "final_layer.linear")):
             mod.register_forward_pre_hook(record(name))
     with torch.no_grad():
-        model(**torch_inputs(case_inputs("tiny-xmask")))
+        model(**torch_inputs(case_inputs("stdit3-tiny-xmask")))
     assert {n for n, c in seen.items() if not c} == {f"{k}_blocks.{i}.cross_attn.q_linear"
                                                      for k in ("spatial", "temporal") for i in range(2)}
 
 
 def test_flash_attention_switch_agrees_with_the_manual_path_in_fp32():
-    inputs = torch_inputs(case_inputs("tiny-padded"))
+    inputs = torch_inputs(case_inputs("stdit3-tiny-padded"))
     manual, flash = build(TINY), build(dict(TINY, enable_flash_attn=True))
     calls = []
     orig = R.flash_attn_func
@@ -212,8 +212,8 @@ def test_flash_attention_switch_agrees_with_the_manual_path_in_fp32():
             a, b = manual(**inputs), flash(**inputs)
     finally:
         R.flash_attn_func = orig
-    # spatial attention (N = S = 24 > B·T = 6) takes flash, temporal (N = T = 3 < B·S = 48) stays manual
-    assert calls == [(6, 24, 4, 16)] * 2
+    # spatial attention (N = S = 15 > B·T = 6) takes flash, temporal (N = T = 3 < B·S = 30) stays manual
+    assert calls == [(6, 15, 2, 16)] * 2
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-6 * float(a.abs().max()))
 
 
@@ -221,7 +221,7 @@ def test_flash_attention_switch_agrees_with_the_manual_path_in_fp32():
 def test_every_probe_is_captured_with_its_documented_shape(precision):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     model = build(TINY, dtype=dtype)
-    inputs = torch_inputs(case_inputs("tiny-padded"))
+    inputs = torch_inputs(case_inputs("stdit3-tiny-padded"))
     got = {}
     with TorchCapture(model, capture_specs(2), lambda n, a, d: got.__setitem__(n, (a, d))), torch.no_grad():
         out = model(**inputs)
@@ -230,13 +230,13 @@ def test_every_probe_is_captured_with_its_documented_shape(precision):
     assert torch.equal(out, plain)
     assert set(got) == set(fam.probe_names(fam.parse_config(TINY)))
     shapes = {k: a.shape for k, (a, _) in got.items()}
-    C = 64
-    assert shapes["pos_emb"] == (1, 24, C) and shapes["t_mlp"] == (2, 6 * C) and shapes["t0_mlp"] == (2, 6 * C)
+    C = 32
+    assert shapes["pos_emb"] == (1, 15, C) and shapes["t_mlp"] == (2, 6 * C) and shapes["t0_mlp"] == (2, 6 * C)
     assert shapes["t"] == shapes["t0"] == shapes["t_embedding"] == shapes["fps_embedding"] == (2, C)
     assert shapes["y_projected"] == (2, 1, 8, C) and shapes["y"] == (1, 13, C)
     assert got["y_lens"][0].tolist() == [5, 8]
-    assert shapes["hidden_states_patch_embedding"] == shapes["hidden_states_1_temporal_block"] == (2, 72, C)
-    assert shapes["hidden_states_final_layer"] == (2, 72, 32) and shapes["hidden_states_output"] == (2, 8, 3, 8, 12)
+    assert shapes["hidden_states_patch_embedding"] == shapes["hidden_states_1_temporal_block"] == (2, 45, C)
+    assert shapes["hidden_states_final_layer"] == (2, 45, 32) and shapes["hidden_states_output"] == (2, 8, 3, 6, 10)
     np.testing.assert_array_equal(got["hidden_states_output"][0], out.numpy())
     assert got["hidden_states_0_spatial_block"][1] == ("float32" if precision == "fp32" else "bfloat16")
     t_sum = got["t_embedding"][0] + got["fps_embedding"][0]                   # t = t_embedder + fps_embedder

@@ -15,7 +15,7 @@ from parity.errors import ParityError
 from .config import STDiT3Config
 from .shapes import dynamic_size
 
-TINY = dict(model_type="STDiT3", depth=2, hidden_size=64, num_heads=4, patch_size=[1, 2, 2], in_channels=4,
+TINY = dict(model_type="STDiT3", depth=2, hidden_size=32, num_heads=2, patch_size=[1, 2, 2], in_channels=4,
             caption_channels=32, model_max_length=8, mlp_ratio=4.0, qk_norm=True, pred_sigma=True,
             input_sq_size=512, class_dropout_prob=0.1, drop_path=0.0, enable_flash_attn=False,
             enable_layernorm_kernel=False, enable_sequence_parallelism=False, only_train_temporal=False,
@@ -68,21 +68,21 @@ class Case:
 
 
 CASES: dict[str, Case] = {c.name: c for c in (
-    Case("tiny-padded", "2 blocks of each kind, C=64 (4 heads x 16); B=2 with padded text (5 and 8 of 8 tokens), "
-         "a non-square 3x8x12 latent (64x96 px), fractional timestep", TINY, batch=2, frames=3, height=8,
-         width=12, timesteps=(900.0, 250.5), text_valid=(5, 8), pixel_size=(64, 96)),
-    Case("tiny-xmask", "x_mask with frame 0 conditioned (modulated with t=0), B=2, odd latent 5x7x9 padded to "
-         "the patch, a text mask with a hole", TINY, batch=2, frames=5, height=7, width=9,
+    Case("stdit3-tiny-padded", "2 blocks of each kind, C=32 (2 heads x 16); B=2 with padded text (5 and 8 of 8 "
+         "tokens), a non-square 3x6x10 latent (48x80 px), fractional timestep", TINY, batch=2, frames=3, height=6,
+         width=10, timesteps=(900.0, 250.5), text_valid=(5, 8), pixel_size=(48, 80)),
+    Case("stdit3-tiny-xmask", "x_mask with frame 0 conditioned (modulated with t=0), B=2, odd latent 4x5x7 padded to "
+         "the patch, a text mask with a hole", TINY, batch=2, frames=4, height=5, width=7,
          timesteps=(896.0, 248.0), text_valid=(6, 3), pixel_size=(56, 72), cond_frames=(0,), text_holes=True,
          inputs_seed=2),
-    Case("tiny-cfg", "the sampler's call: batch [z; z] (B=2) with one text-mask row and one fps value tiled by "
+    Case("stdit3-tiny-cfg", "the sampler's call: batch [z; z] (B=2) with one text-mask row and one fps value tiled by "
          "forward, 240x426 px (pos-emb scale 0.62), 4 blocks of each kind at C=32 (2 heads x 16)",
          dict(TINY, depth=4, hidden_size=32, num_heads=2, caption_channels=16), batch=2, frames=4, height=6,
          width=10, timesteps=(512.0, 512.0), text_valid=(6,), pixel_size=(240, 426), fps=(30.0,),
          inputs_seed=3, weights_seed=3),
 )}
 
-DEFAULT_CASE = "tiny-padded"
+DEFAULT_CASE = "stdit3-tiny-padded"
 
 
 def get_case(name: str) -> Case:
@@ -90,3 +90,13 @@ def get_case(name: str) -> Case:
         return CASES[name]
     except KeyError:
         raise ParityError(f"unknown case {name!r}; built-in cases: {', '.join(CASES)} (see 'parity cases')") from None
+
+
+# committed fixtures (make dump-reference): padded text with a non-square latent, and x_mask with frame 0
+# conditioned, each in fp32 and bf16 (stdit3-tiny-cfg stays out: the fixtures are kept under 2 MB)
+FIXTURE_CASES = ("stdit3-tiny-padded", "stdit3-tiny-xmask")
+
+
+def fixture_dumps() -> list[tuple[str, str]]:
+    """(case, precision) of every committed reference fixture of this family."""
+    return [(c, p) for c in FIXTURE_CASES for p in ("fp32", "bf16")]
