@@ -23,8 +23,10 @@ from parity.teacher import TeacherStep
 
 OVERLAY_DIR = os.path.join(os.path.dirname(__file__), "overlays")
 ATTENTION_BACKENDS = ("portable", "ascend", "ascend-emulated")  # = ms_impl.attention.BACKENDS
-FAMILY_GLUE = {"opensora_v13": "ms_impl.harness"}
-MODEL_FAMILY = {"OpenSoraT2V_v1_3": "opensora_v13"}   # model class -> family (run_step gets only the model)
+FAMILY_GLUE = {"opensora_v13": "ms_impl.harness",
+               "stdit": "ms_impl.glue_stdit"}
+MODEL_FAMILY = {"OpenSoraT2V_v1_3": "opensora_v13",   # model class -> family (run_step gets only the model)
+                "STDiT": "stdit"}
 
 
 class MsImpl(MindSporePlugin):
