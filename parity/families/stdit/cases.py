@@ -69,9 +69,9 @@ CASES: dict[str, Case] = {c.name: c for c in (
 )}
 
 DEFAULT_CASE = "stdit-tiny"
-# committed fixtures (make dump-reference): small, so all of them stay well under 2 MB
-FIXTURES = (("stdit-small", "fp32"), ("stdit-small", "bf16"), ("stdit-small", "fp16"),
-            ("stdit-fp16-overflow", "fp32"), ("stdit-fp16-overflow", "fp16"))
+# committed fixtures (make dump-reference), 1.4 MB in all; the fp16 overflow one holds NaN in the reference itself:
+# compare refuses it (exit 2, "reference problem") and the parity suite shows it as xfailed, never passed
+FIXTURES = (("stdit-small", "fp32"), ("stdit-small", "bf16"), ("stdit-small", "fp16"), ("stdit-fp16-overflow", "fp16"))
 
 
 def fixture_dumps() -> list[tuple[str, str]]:
