@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from ms_impl.mutants_stdit import MUTANTS
@@ -44,3 +45,19 @@ def test_correct_port_passes_and_is_restored_after_a_mutant(name):
 def test_fp16_overflow_is_reported_as_nan_never_passed():
     with pytest.raises(ReferenceProblem, match="NaN"):
         _compare("stdit-fp16-overflow-fp16")
+
+
+def test_the_port_overflows_in_fp16_where_the_reference_does():
+    from ms_impl.tests import stdit_helpers as H
+    from parity.families.stdit.testing import probe_specs
+    from parity.store import open_dump
+
+    dump = open_dump(os.path.join(FIXTURES, "stdit-fp16-overflow-fp16"))
+    specs = probe_specs(dump.config["depth"])
+    model = H.build_model(dump.config, dump.load_weights(), "fp16")
+    _, got = H.capture(model, dump.inputs(), specs)
+
+    def first_non_finite(state):
+        return next(s.name for s in specs if s.probe_class != "input" and not np.isfinite(state(s.name)).all())
+    assert first_non_finite(lambda n: got[n][0]) == first_non_finite(lambda n: dump.state(n, "state")) \
+        == "hidden_states_0_block"
