@@ -12,19 +12,12 @@ file is not edited and has no test flags. The seams are the model's own: its pos
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from mindspore import Tensor, ops
 
-
-@dataclass(frozen=True)
-class Mutant:
-    name: str
-    description: str
-    first_divergence: str
-    apply: Callable[[object], ContextManager]
+from ms_impl.mutants import Mutant
 
 
 @contextlib.contextmanager
