@@ -44,7 +44,7 @@ def test_correct_port_passes_and_is_restored_after_a_mutant(name):
 
 def test_fp16_overflow_is_reported_as_nan_never_passed():
     with pytest.raises(ReferenceProblem, match="NaN"):
-        _compare("stdit-fp16-overflow-fp16")
+        _compare("stdit-fp16-nan-fp16")
 
 
 def test_the_port_overflows_in_fp16_where_the_reference_does():
@@ -52,7 +52,7 @@ def test_the_port_overflows_in_fp16_where_the_reference_does():
     from parity.families.stdit.testing import probe_specs
     from parity.store import open_dump
 
-    dump = open_dump(os.path.join(FIXTURES, "stdit-fp16-overflow-fp16"))
+    dump = open_dump(os.path.join(FIXTURES, "stdit-fp16-nan-fp16"))
     specs = probe_specs(dump.config["depth"])
     model = H.build_model(dump.config, dump.load_weights(), "fp16")
     _, got = H.capture(model, dump.inputs(), specs)
