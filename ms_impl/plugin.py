@@ -23,9 +23,10 @@ from parity.teacher import TeacherStep
 
 OVERLAY_DIR = os.path.join(os.path.dirname(__file__), "overlays")
 ATTENTION_BACKENDS = ("portable", "ascend", "ascend-emulated")  # = ms_impl.attention.BACKENDS
-FAMILY_GLUE = {"opensora_v13": "ms_impl.harness", "mt5_encoder": "ms_impl.mindone_mt5", "stdit3": "ms_impl.glue_stdit3"}
+FAMILY_GLUE = {"opensora_v13": "ms_impl.harness", "mt5_encoder": "ms_impl.mindone_mt5", "stdit3": "ms_impl.glue_stdit3",
+               "stdit": "ms_impl.glue_stdit"}
 MODEL_FAMILY = {"OpenSoraT2V_v1_3": "opensora_v13",   # model class -> family (run_step gets only the model)
-                "MT5EncoderModel": "mt5_encoder", "STDiT3": "stdit3"}
+                "MT5EncoderModel": "mt5_encoder", "STDiT3": "stdit3", "STDiT": "stdit"}
 # mt5_encoder is mindone.transformers' MT5EncoderModel as is; these labelled runtime substitutions
 # (ms_impl.mindone_patches, docs/pipeline.md) are opt-in
 MT5_SUBSTITUTIONS = {"none": (), "buckets": ("host_relative_position_buckets",),

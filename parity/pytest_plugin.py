@@ -125,7 +125,7 @@ def parity_results(request):
 
 def _result_for(dump_dir: str, config, results: dict) -> dict:
     from parity.compare import CompareOptions, compare_dump
-    from parity.errors import ParityError
+    from parity.errors import ParityError, ReferenceProblem
 
     if dump_dir not in results:
         try:
@@ -134,6 +134,9 @@ def _result_for(dump_dir: str, config, results: dict) -> dict:
         except ParityError as exc:
             results[dump_dir] = exc
     result = results[dump_dir]
+    if isinstance(result, ReferenceProblem):
+        # NaN/Inf in the reference itself (STDiT in fp16 overflows, as upstream's README warns): shown, never passed
+        pytest.xfail(f"{dump_dir}: {result}")
     if isinstance(result, Exception):
         pytest.fail(f"{dump_dir}: {result}", pytrace=False)
     return result

@@ -24,6 +24,7 @@ from parity.weights import state_dict_problems
 from reference_torch.modeling_stdit3 import STDiT3
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FORWARD_OPTIONS: dict = {}   # STDiT3's forward returns the tensor itself (no return_dict)
 
 
 def _config(config):

@@ -2,7 +2,8 @@
 
 Registered under the entry point group ``parity.references``. One glue module per family builds and runs that
 family's model (``FAMILY_GLUE``): ``build_model(config, weights, precision)``, ``model_inputs(model, inputs)`` (the
-forward's keyword tensors), ``random_weights(config, seed)``. Every model keeps upstream's module paths and
+forward's keyword tensors), ``random_weights(config, seed)``, ``FORWARD_OPTIONS`` (extra forward keywords, e.g.
+``return_dict``). Every model keeps upstream's module paths and
 layouts, which is what the family probe maps describe, so there is no overlay.
 """
 
@@ -14,7 +15,7 @@ from parity.plugins.base import TorchPlugin
 from parity.plugins.contract import BuildRequest
 
 FAMILY_GLUE = {"opensora_v13": "reference_torch.harness", "mt5_encoder": "reference_torch.mt5",
-               "stdit3": "reference_torch.glue_stdit3"}
+               "stdit3": "reference_torch.glue_stdit3", "stdit": "reference_torch.glue_stdit"}
 
 
 class TorchReference(TorchPlugin):
@@ -31,9 +32,10 @@ class TorchReference(TorchPlugin):
     def forward(self, model, family: str, inputs: dict):
         import torch
 
-        tensors = self._glue(family).model_inputs(model, inputs)
+        glue = self._glue(family)
+        tensors = glue.model_inputs(model, inputs)
         with torch.no_grad():
-            return model(**tensors, return_dict=False)
+            return model(**tensors, **glue.FORWARD_OPTIONS)
 
     def make_scheduler(self, num_steps: int, config: dict):
         """The pipeline family's scheduler on this side: diffusers' EulerAncestralDiscreteScheduler."""

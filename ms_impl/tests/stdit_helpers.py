@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
 import ms_impl.modeling_stdit as M
+from ms_impl.glue_stdit import dtype_namer, run_step  # noqa: F401 (the plug-in's own, used by the tests)
 from ms_impl.precision import numerics_for
-from parity.capture_ms import MsCapture, tensor_dtype_name
+from parity.capture_ms import MsCapture
 from parity.families.stdit.config import STDiTConfig
 from parity.families.stdit.statedict import DERIVED_BUFFERS, random_weights
 
@@ -46,17 +46,6 @@ def forward(model: M.STDiT, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
     return model(*ms_inputs(inputs)).asnumpy()
 
 
-def dtype_namer(model: M.STDiT):
-    """Emulated bf16 values (float32 tensors of the working dtype) are reported as "bfloat16"."""
-    nx = model.numerics
-
-    def name(value):
-        if isinstance(value, Tensor) and value.dtype == nx.dtype:
-            return nx.logical
-        return tensor_dtype_name(value)
-    return name
-
-
 def capture(model: M.STDiT, inputs: Mapping[str, np.ndarray], specs: list) -> tuple[np.ndarray, dict]:
     """Forward with every probe of ``specs``: (output, {probe: (float32 array, dtype name)})."""
     probes = {}
@@ -69,27 +58,6 @@ def capture(model: M.STDiT, inputs: Mapping[str, np.ndarray], specs: list) -> tu
     if "hidden_states_output" in probes:  # forward() ends with a cast to float32 (bf16 values, a float32 tensor)
         probes["hidden_states_output"] = (probes["hidden_states_output"][0], "float32")
     return out, probes
-
-
-def run_step(model: M.STDiT, step, teacher: Mapping[str, np.ndarray]) -> np.ndarray:
-    """One teacher-plan step of the port on reference tensors (float32 arrays of the working dtype's values, in
-    upstream's layouts; ``mask`` = y_lens): ``blocks[i](x, y, t, mask, tpe)``, ``final_layer(x, t)`` or
-    ``unpatchify(x)``. Returns float32 numpy."""
-    nx = model.numerics
-
-    def t(role):
-        return nx(Tensor(np.ascontiguousarray(teacher[role], np.float32)).astype(nx.dtype))
-
-    if step.kind == "block":
-        tpe = t("tpe") if "tpe" in step.inputs else None
-        out = model.blocks[step.index](t("x"), t("y"), t("t"), M.text_lengths(teacher["mask"]), tpe)
-    elif step.kind == "final_layer":
-        out = model.final_layer(t("x"), t("t"))
-    elif step.kind == "output":
-        out = model.unpatchify(t("x"))
-    else:
-        raise ValueError(f"unknown step kind {step.kind!r}")
-    return out.astype(ms.float32).asnumpy()
 
 
 def assert_twin(ms_arr, torch_arr, precision: str, fp32_atol: float = 2e-6, low_ulps: float = 2.0,
