@@ -17,7 +17,7 @@ gives the same values as the op it replaces (tested bit-identical, or within the
   on MindSpore's fp32 sigmoid: within 6e-7 of torch's kernel (torch's own distance from float64: 4e-7).
   ``ops.gelu`` is 5-6x slower and its fp32 ``tanh`` up to 1e-4 off. ``PRECISE_GELU = True`` takes the sigmoid in
   float64 (within one fp32 ULP of torch, ~3x slower: a single-threaded fp64 kernel).
-* **bfloat16**: the CPU backend has no bf16 matmul, convolution, GELU or SiLU, so these compute in float32 and round
+* **bfloat16**: the CPU backend has no bf16 matmul, convolution, GELU, SiLU or dropout, so these compute in float32 and round
   their output to bf16 once, as torch's CPU kernels do (``bf16_in_float32``). bf16 elementwise ops (add, mul, sub)
   exist and round exactly like torch's; tiling does not, so bf16 operands broadcast implicitly.
 """

@@ -1,8 +1,8 @@
 """The kernel seam of the MindSpore port: the few operations whose best implementation depends on the device.
 
 The modeling code calls ``self.kernels.<op>`` for exactly these: a Linear's matmul and bias, the tanh/erf GELU,
-SiLU, the patch-embedding convolution, and ``expand_as`` (a small operand broadcast against an activation, e.g. the
-adaLN modulation or a RoPE table). Everything else is plain MindSpore in the model file, the same on every device.
+SiLU, the patch-embedding convolution, training-mode dropout, and ``expand_as`` (a small operand broadcast against
+an activation, e.g. the adaLN modulation or a RoPE table). Everything else is plain MindSpore in the model file, the same on every device.
 
 ``Kernels`` (this module) is MindSpore's own ops: what runs on Ascend, where every kernel exists in every dtype.
 ``ms_impl.cpu_kernels.CpuKernels`` is what the CPU build installs (``ms_impl.harness.setup_context``): substitutes
@@ -66,6 +66,12 @@ class Kernels:
                 y = y + proj.bias.astype(ms.float32).reshape(1, -1, 1, 1)
             return y.astype(x.dtype)
         return proj(x)
+
+    def dropout(self, dropout, x):
+        """``dropout(x)`` for a training-mode MindSpore dropout ``dropout`` (a cell's construct)."""
+        if self.upcasts(x):
+            return dropout(x.astype(ms.float32)).astype(x.dtype)
+        return dropout(x)
 
     def expand_as(self, small, like):
         """``small`` ready to broadcast against ``like`` in an elementwise op: as it is (the op broadcasts)."""

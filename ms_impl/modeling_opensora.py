@@ -110,6 +110,15 @@ class LayerNorm(Cell):
         return self._layer_norm(x.astype(ms.float32), self._gamma, self._beta)[0].astype(x.dtype)
 
 
+class Dropout(UsesKernels, nn.Dropout):
+    """torch ``nn.Dropout(p)``: the identity in eval mode; in training through the kernel policy (bf16 on CPU)."""
+
+    def construct(self, x):
+        if not self.training:
+            return x
+        return self.kernels.dropout(super().construct, x)
+
+
 class GELU(Cell):
     """diffusers ``GELU``: ``proj`` Linear then GELU (``approximate`` "tanh" for ``gelu-approximate``)."""
 
@@ -134,10 +143,10 @@ class FeedForward(Cell):
             raise ValueError(f"FeedForward: activation_fn {activation_fn!r} is not used by OpenSoraT2V v1.3")
         inner_dim = inner_dim or int(dim * mult)
         dim_out = dim_out or dim
-        layers = [GELU(dim, inner_dim, approximate="tanh", bias=bias), nn.Dropout(p=dropout),
+        layers = [GELU(dim, inner_dim, approximate="tanh", bias=bias), Dropout(p=dropout),
                   Linear(inner_dim, dim_out, bias=bias)]
         if final_dropout:
-            layers.append(nn.Dropout(p=dropout))
+            layers.append(Dropout(p=dropout))
         self.net = nn.CellList(layers)
 
     def construct(self, hidden_states):
@@ -328,7 +337,7 @@ class Attention(Cell):
         self.to_q = Linear(query_dim, self.inner_dim, bias=bias)
         self.to_k = Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
         self.to_v = Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
-        self.to_out = nn.CellList([Linear(self.inner_dim, query_dim, bias=out_bias), nn.Dropout(p=dropout)])
+        self.to_out = nn.CellList([Linear(self.inner_dim, query_dim, bias=out_bias), Dropout(p=dropout)])
         self.processor = OpenSoraAttnProcessor(interpolation_scale_thw=interpolation_scale_thw, sparse1d=sparse1d,
                                                sparse_n=sparse_n, sparse_group=sparse_group,
                                                is_cross_attn=is_cross_attn)

@@ -52,3 +52,20 @@ def test_the_model_and_its_machinery_import_no_harness():
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('parity', 'torch')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=dict(os.environ, GLOG_v="3"))
+
+
+def test_training_mode_dropout_runs_in_bf16_through_the_kernel_policy():
+    """The CPU backend has no bf16 Dropout kernel: the policy drops in float32 and rounds back (the values 0 and
+    1/(1-p) are exact in bf16); in eval mode the cell is the identity."""
+    import mindspore as ms
+    from ms_impl.modeling_opensora import Dropout
+
+    cell = Dropout(p=0.5)
+    x = ms.Tensor(np.ones((64, 64), np.float32)).astype(ms.bfloat16)
+    cell.set_train(False)
+    assert cell(x) is x
+    cell.set_train(True)
+    y = cell(x)
+    assert y.dtype == ms.bfloat16
+    values = y.astype(ms.float32).asnumpy()
+    assert set(np.unique(values)) == {0.0, 2.0} and 0.3 < (values == 0).mean() < 0.7
