@@ -120,6 +120,12 @@ def enable_memory_machinery(model: torch.nn.Module) -> None:
     streaming.enable_token_streaming(model, min_elements=streaming.REAL_SIZE_ELEMENTS)
 
 
+def machinery_notes(model: torch.nn.Module) -> list[str]:
+    """What ``enable_memory_machinery`` switched on in ``model``, one line each (for the report's notes)."""
+    return [f"reference_torch.streaming: {line} (bit-identical to the plain model)"
+            for line in streaming.describe(model)]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # inputs and forward
 # ---------------------------------------------------------------------------------------------------------

@@ -35,6 +35,20 @@ def test_nothing_is_switched_on_by_default_and_the_harness_says_what_it_switched
     assert len(lines) == 2 and "feed-forward" in lines[0] and "4,194,304" in lines[1]
 
 
+def test_the_plugin_announces_what_its_build_switched_on():
+    """``describe()["notes"]`` (the report's notes): the streaming lines and the kernel policy, after a build."""
+    from ms_impl.plugin import make_plugin
+    from parity.runner import ModelRun
+
+    d = open_dump(os.path.join(FIXTURES, "tiny-sparse-fp32"))
+    plugin = make_plugin()
+    assert "notes" not in plugin.describe()
+    model = ModelRun(plugin, d.family, d.config).build(d.load_weights(), d.precision)
+    notes = plugin.describe()["notes"]
+    assert notes[:2] == [f"ms_impl.streaming: {line}" for line in streaming.describe(model)]
+    assert "CpuKernels(explicit_broadcast=True)" in notes[2] and len(notes) == 3
+
+
 @pytest.mark.parametrize("case", ["padded-batch-fp32", "tiny-sparse-bf16"])
 def test_token_streamed_blocks_are_bit_identical(case):
     """The real-size block path (head-group keys/values of all tokens, then token chunks updated in place), forced

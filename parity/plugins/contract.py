@@ -66,7 +66,9 @@ class ModelPlugin(Protocol):
 
     def describe(self) -> dict:
         """Provenance for manifests and reports: ``{"plugin", "framework", "versions": {...}, "source",
-        "git_commit"}`` (``source``/``git_commit`` when the model comes from a checkout)."""
+        "git_commit"}`` (``source``/``git_commit`` when the model comes from a checkout), and optionally ``"notes"``:
+        lines on what the plug-in switched on in the model it built (memory machinery, kernel substitutes), which
+        the report shows as its notes."""
 
     def overlay(self, family: str, config: dict):
         """The plug-in's overlay for ``family`` on this ``config`` (a dict, a JSON path or an ``Overlay``; None: it

@@ -113,6 +113,20 @@ def test_token_streamed_blocks_with_an_uneven_last_head_group():
     np.testing.assert_array_equal(H.forward(model, inputs), whole)
 
 
+def test_the_plugin_announces_what_its_build_switched_on():
+    """``describe()["notes"]`` (the dump's and report's notes): one line per piece of machinery, after a build."""
+    from parity.runner import ModelRun
+    from reference_torch.plugin import make_plugin
+
+    cfg = tiny_config()
+    plugin = make_plugin()
+    assert "notes" not in plugin.describe()
+    model = ModelRun(plugin, "opensora_v13", cfg, side="reference").build(H.random_weights(cfg, 0), "fp32")
+    assert plugin.describe()["notes"] == [f"reference_torch.streaming: {line} (bit-identical to the plain model)"
+                                          for line in streaming.describe(model)]
+    assert len(plugin.describe()["notes"]) == 3
+
+
 def test_token_streaming_is_inference_only():
     _, model = _plain_and_harness_models(tiny_config(num_layers=1))
     streaming.enable_token_streaming(model, min_elements=0)
