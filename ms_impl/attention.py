@@ -6,8 +6,7 @@ as the activation dtype holds them), and get ``(B, Sq, heads*d)`` back in the qu
 
 Backends: the ``backend`` argument, else the module-level setting (``set_backend`` / ``use_backend``), else the
 device default. ``harness.build_model`` resolves one when it builds a model and pins it on the model's
-``Attention`` cells (``modeling_opensora.set_attention_backend``), so two models in one process cannot change
-each other's backend:
+``Attention`` cells (``set_attention_backend``), so two models in one process cannot change each other's backend:
 
 ``portable`` (default on CPU and GPU, and for fp32 everywhere)
     ``softmax(q·kᵀ·scale + bias)·v`` written out, computed in float32 whatever the activation dtype (as PyTorch's
@@ -48,8 +47,6 @@ import mindspore as ms
 import numpy as np
 from mindspore import mint, ops
 
-from parity.errors import ParityError
-
 BACKENDS = ("portable", "ascend", "ascend-emulated")
 ASCEND_LAYOUTS = ("BNSD", "BSH")
 FA_HEAD_DIM_MULTIPLE = 16
@@ -68,7 +65,7 @@ def set_backend(name: str | None) -> None:
     """Select the attention backend for the whole process (``None`` = device default)."""
     global _backend
     if name is not None and name not in BACKENDS:
-        raise ParityError(f"unknown attention backend {name!r}; use one of {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown attention backend {name!r}; use one of {', '.join(BACKENDS)}")
     _backend = name
 
 
@@ -92,12 +89,22 @@ def default_backend(device: str, precision: str = "fp32") -> str:
     return "ascend" if on_ascend and precision in ("fp16", "bf16") else "portable"
 
 
+def set_attention_backend(cell, backend: str | None) -> None:
+    """Pin ``backend`` on every sub-cell of ``cell`` that has an ``attention_backend`` attribute (None: follow the
+    module-level setting)."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    for _, sub in cell.cells_and_names():
+        if hasattr(sub, "attention_backend"):
+            sub.attention_backend = backend
+
+
 def resolve_backend(backend: str | None = None) -> str:
     name = backend or _backend
     if name is None:
         name = default_backend(ms.get_context("device_target") or "CPU")
     if name not in BACKENDS:
-        raise ParityError(f"unknown attention backend {name!r}; use one of {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown attention backend {name!r}; use one of {', '.join(BACKENDS)}")
     return name
 
 
@@ -197,13 +204,19 @@ def attend_prepared(query, k_t, v, bias, *, heads: int, scale: float, chunk_elem
         if stop - start == sq:
             return piece
         if out is None:  # chunk outputs land in one preallocated result (no list of pieces + concatenation)
-            out = ops.zeros((b, sq, piece.shape[-1]), out_dtype)
-        out[:, start:stop] = piece
-    return out
+            out = ops.zeros((b, sq, piece.shape[-1]), _assignable(out_dtype))
+        out[:, start:stop] = piece if piece.dtype == out.dtype else piece.astype(out.dtype)
+    return out if out.dtype == out_dtype else out.astype(out_dtype)
+
+
+def _assignable(dtype):
+    """The dtype of a buffer written in slices: bfloat16 values are held as float32 (exact; the CPU backend has
+    no bf16 slice assignment)."""
+    return ms.float32 if dtype == ms.bfloat16 else dtype
 
 
 def _bcast(small, like):
-    """The bias broadcast explicitly on CPU (see ``modeling_opensora.bcast``: same values, no offset tables)."""
+    """The bias broadcast explicitly on CPU (see ``ms_impl.cpu_kernels``: same values, no offset tables)."""
     if ms.get_context("device_target") != "CPU" or tuple(small.shape) == tuple(like.shape):
         return small
     return tile_to(small, like.shape)
@@ -223,14 +236,14 @@ def bias_to_discard_mask(bias, query_len: int):
     if bias is None:
         return None
     if bias.ndim != 4 or bias.shape[1] != 1 or bias.shape[2] != 1:
-        raise ParityError(f"attention: expected an additive bias of shape (B, 1, 1, Sk), got {tuple(bias.shape)}")
-    discard = bias != 0
+        raise ValueError(f"attention: expected an additive bias of shape (B, 1, 1, Sk), got {tuple(bias.shape)}")
+    discard = bias.astype(ms.float32) != 0  # (exact; the CPU backend has no bf16 comparison)
     return ops.broadcast_to(discard, (bias.shape[0], 1, query_len, bias.shape[3]))
 
 
 def padded_head_dim(head_dim: int) -> int:
     if head_dim > FA_MAX_HEAD_DIM:
-        raise ParityError(f"attention: head_dim {head_dim} exceeds flash_attention_score's maximum {FA_MAX_HEAD_DIM}")
+        raise ValueError(f"attention: head_dim {head_dim} exceeds flash_attention_score's maximum {FA_MAX_HEAD_DIM}")
     m = FA_HEAD_DIM_MULTIPLE
     return -(-head_dim // m) * m
 
@@ -240,13 +253,13 @@ def to_fa_layout(x, heads: int, head_dim_padded: int, layout: str):
     b, s, h = x.shape
     d = h // heads
     x = x.reshape(b, s, heads, d)
-    if head_dim_padded != d:
-        x = ops.pad(x, (0, head_dim_padded - d))
+    if head_dim_padded != d:  # zero columns (concatenated: the CPU backend has no bf16 pad)
+        x = ops.cat((x, ops.zeros((b, s, heads, head_dim_padded - d), x.dtype)), -1)
     if layout == "BNSD":
         return x.transpose(0, 2, 1, 3)
     if layout == "BSH":
         return x.reshape(b, s, heads * head_dim_padded)
-    raise ParityError(f"attention: unsupported flash-attention layout {layout!r}; use one of {ASCEND_LAYOUTS}")
+    raise ValueError(f"attention: unsupported flash-attention layout {layout!r}; use one of {ASCEND_LAYOUTS}")
 
 
 def from_fa_layout(x, heads: int, head_dim: int, layout: str):
@@ -266,7 +279,7 @@ def ascend_attention(query, key, value, bias, *, heads: int, scale: float, kerne
     out_dtype = query.dtype
     feed = kernel_dtype or query.dtype
     if feed not in FA_DTYPES:
-        raise ParityError(f"attention: flash_attention_score takes float16/bfloat16, not {feed}; run fp32 with "
+        raise ValueError(f"attention: flash_attention_score takes float16/bfloat16, not {feed}; run fp32 with "
                           f"attention_backend='portable'")
     head_dim = query.shape[-1] // heads
     dp = padded_head_dim(head_dim)
@@ -295,7 +308,7 @@ def emulated_flash_attention_score(query, key, value, head_num, real_shift=None,
     """
     def need(cond, what):
         if not cond:
-            raise ParityError(f"flash_attention_score (emulated): {what}")
+            raise ValueError(f"flash_attention_score (emulated): {what}")
 
     need(query.dtype in FA_DTYPES, f"query dtype must be float16 or bfloat16, got {query.dtype}")
     need(key.dtype == query.dtype and value.dtype == query.dtype, "query, key and value must share a dtype")

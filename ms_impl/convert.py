@@ -32,7 +32,7 @@ def expected_parameter_shapes(config) -> dict[str, tuple]:
     from ms_impl.modeling_opensora import OpenSoraT2V_v1_3
 
     with no_init_parameters():
-        model = OpenSoraT2V_v1_3(_config(config))
+        model = OpenSoraT2V_v1_3.from_config(_config(config).to_dict())
     return {name: tuple(p.shape) for name, p in model.parameters_and_names()}
 
 

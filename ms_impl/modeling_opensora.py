@@ -2,11 +2,11 @@
 
 Classes, attributes, methods and parameter names are upstream's (``opensora/models/diffusion/opensora_v1_3`` plus
 the diffusers 0.30.2 building blocks it uses), so ``parameters_and_names()`` equals torch's ``state_dict()`` keys
-and upstream checkpoints load by name. The file reads top to bottom like upstream: building blocks, RoPE,
-attention, the transformer block, the model. Configuration is ``OpenSoraConfig.from_dict`` of the upstream
-``config.json``.
+and upstream checkpoints load by name. The file reads top to bottom like upstream: building blocks, patch embedding
+and RoPE, attention, the transformer block, the model. Construct with upstream's config keywords
+(``OpenSoraT2V_v1_3(**config)``) or ``OpenSoraT2V_v1_3.from_config(config_dict)``.
 
-Deliberate layout choices of this port (the probe map's ``ms_adapter`` entries translate them):
+Deliberate layout choices of this port (the parity harness's probe map translates them):
 
 * hidden states between blocks are **batch-first** ``(B, S, D)`` (upstream: sequence-first ``(S, B, D)``); text
   is ``(B, L, D)``; blocks take the timestep modulation as ``(B, 6·D)`` and view it as ``(B, 6, D)``; Skiparse
@@ -14,18 +14,17 @@ Deliberate layout choices of this port (the probe map's ``ms_adapter`` entries t
 * ``Attention.prepare_sparse_mask`` returns the additive biases **without** repeating them over heads:
   ``(n·B, 1, 1, len)``; they broadcast over heads and queries in the attention seam.
 
-Everything else keeps upstream's layout. Attention itself runs through ``ms_impl.attention.attention`` (the seam
-choosing portable / Ascend flash-attention / emulated kernels).
+Device-dependent operations go through two seams: attention through ``ms_impl.attention.attention`` (portable /
+Ascend flash-attention / emulated kernel), and a handful of kernels through ``self.kernels`` (``ms_impl.kernels``:
+Linear, GELU, SiLU, the patch convolution, and ``expand_as`` for a small operand about to broadcast). Memory
+machinery for real sizes (token streaming, feed-forward chunks) lives in ``ms_impl.streaming``, switched on by the
+caller.
 
-Numerics: ``numerics(x)`` (see ``ms_impl.precision``) marks every point where PyTorch's model materialises a
-tensor in the activation dtype; it is the identity for fp32/fp16 and rounds to bf16 under ``bf16-emulated``.
-Constant tables are computed on the host in numpy (MindSpore's CPU fp32 ``exp`` is ~5e-6 relative off, which
-would put ~1e-3 into the timestep sinusoid at t=999): the timestep frequencies and RoPE inverse frequencies
-follow upstream's float32 operation chain step by step with exactly rounded fp32 ops (``timestep_frequencies``,
-``rope_inv_freq``: bit-identical to torch's tables except where torch's own fp32 ``exp`` is one ULP off (2 of the
-128 timestep frequencies), whereas one float64 evaluation rounded to fp32 differs from torch in 85 of 128), and RoPE
-angles come from integer positions (fp32 angle, rounded to the activation dtype as upstream does, then cos/sin
-in float64 rounded once). LayerNorm statistics are computed in float32 for every dtype (like torch on CPU).
+Precision: parameters and activations are held in the model dtype (bfloat16 for bf16, also when emulated on CPU,
+see ``ms_impl.precision``), so the elementwise math below materialises in that dtype exactly as upstream's does.
+Constant tables are computed on the host in numpy (``ms_impl.tables``: MindSpore's CPU fp32 ``exp`` is ~5e-6
+relative off, which would put ~1e-3 into the timestep sinusoid at t=999); RoPE angles come from integer positions
+(fp32 angle, rounded to the model dtype as upstream does, then cos/sin in float64 rounded once).
 
 Seams that ``ms_impl.mutants`` swap on a built model (there are no test flags in this file): the FFN's
 ``GELU.approximate``, ``LayerNorm.eps``, ``OpenSoraAttnProcessor.rope`` (``RoPE3D.rotate_half``/``get_cos_sin``),
@@ -34,8 +33,10 @@ the processor's ``sparse_group``, ``Timesteps.flip_sin_to_cos`` and ``Attention.
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Mapping
+from types import SimpleNamespace
+from typing import Any, Mapping
 
 import mindspore as ms
 import numpy as np
@@ -43,143 +44,36 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, Uniform, initializer
 
 from ms_impl import attention as attention_seam
-from ms_impl.precision import FP32, Numerics, numerics_for
-from parity.errors import ParityError
-from parity.families.opensora_v13.config import FIRST_DENSE_TAIL_BLOCK, FIRST_SPARSE_BLOCK, OpenSoraConfig
-from parity.families.opensora_v13.probes import SPARSE_NS
-from parity.families.opensora_v13.shapes import rope_positions, token_chunks
-from parity.families.opensora_v13.tables import rope_inv_freq, timestep_frequencies
+from ms_impl.kernels import UsesKernels
+from ms_impl.precision import round_table
+from ms_impl.tables import rope_inv_freq, timestep_frequencies
 
 MASK_BIAS = -10000.0        # additive bias of a masked video patch / text token
-# The feed-forward runs in token chunks once its inner activations (tokens · 4·D) would exceed this many elements
-# (released width: 120 tokens x 9,216, half a streamed chunk: at the released size its temporaries are the
-# largest in the chunk loop, and halved they leave MindSpore's pool 14 MB lower); below it (every committed
-# fixture) it is one call, as upstream.
-FFN_CHUNK_ELEMENTS = 120 * 9216
-# Blocks whose hidden states hold more than this many elements (B·S·D; released size 21,120 x 2,304) run
-# token-streamed with the portable attention backend (``BasicTransformerBlock._construct_streamed``): the same
-# math holding only the residual stream (updated in place), the self-attention outputs of all tokens, one head
-# group's keys and values, and one chunk of STREAM_CHUNK_TOKENS tokens. Below it (every committed fixture and test
-# config) a block runs as upstream. Lower than torch's threshold: MindSpore's CPU memory pool keeps the
-# high-water mark of an unstreamed block's temporaries (~17 hidden states at 6,144 x 1,152) for the whole run.
-STREAM_BLOCK_ELEMENTS = 4 * 1024 * 1024
-# 240 tokens (15 Skiparse units) divide the released 21,120 tokens: no odd-sized last chunk, whose temporaries
-# split the pool's holes (measured: 8 MB lower peak than 256-token chunks at the released size).
-STREAM_CHUNK_TOKENS = 240
-# Streamed self-attention runs STREAM_GROUP_HEADS heads at a time (released 24 heads: 12 groups; a group's keys
-# and values = 1/6 of a hidden state, numpy-backed, one set per block); streamed attention calls hold at most
-# STREAM_ATTENTION_SCORES scores: 240 x 9,216, the size of a chunk's norm/modulation temporaries at the released
-# width (4 x 240 tokens x 2,304), so that the pool's holes fit every large temporary. (1 Mi: 2x slower, and no
-# lower at the peak: more calls, more fragmentation.)
-STREAM_GROUP_HEADS = 2
-STREAM_ATTENTION_SCORES = 240 * 9216
-# Streamed self-attention builds a group's keys and values, then queries, STREAM_QUERY_CHUNKS token chunks at a
-# time. Fewer, longer calls matter: every round of chunk temporaries can leave MindSpore's CPU pool a little more
-# fragmented, and the pool never shrinks (measured: it creeps by ~0.01-0.02 GB per released-size block; more
-# with 480- or 512-token chunks, whose smaller holes the feed-forward's temporaries then do not fit).
-STREAM_QUERY_CHUNKS = 4
 SPARSE_PAD_BIAS = -9980.0   # additive bias of a Skiparse padding token
 
 
-class Cell(nn.Cell):
-    """Base of every cell here: ``numerics`` is the model-wide precision (set by ``set_precision``)."""
-
-    numerics: Numerics = FP32
+class Cell(UsesKernels, nn.Cell):
+    """Base of every cell here: ``self.kernels`` is the device's kernel policy (``ms_impl.kernels``)."""
 
 
-# MindSpore's CPU kernels broadcast a binary op through per-element int64 offset tables: (B, S, D) * (B, 1, D)
-# holds ~4 extra (B, S, D)-sized buffers, and the framework's memory pool keeps its high-water mark (at 21,120
-# tokens that is +0.8 GB per op, +1.4 GB for a Linear's bias add). Broadcasting the small operand explicitly
-# first costs one buffer; done with ``tile`` (``attention.tile_to``) it is also 10-25x faster than the implicit
-# broadcast. Elementwise ops are exact per element, so the values are identical (tested); other devices keep
-# the implicit broadcast. None: decide by the device target.
-EXPLICIT_BROADCAST: bool | None = None
+def mask_to_bias(mask, dtype):
+    """``(1 - mask.to(dtype)) * -10000.0`` with every step rounded to ``dtype`` as upstream's ops round it, evaluated
+    in float32 (MindSpore's CPU backend has no bf16 reversed subtraction)."""
+    def rounded(x):
+        return x.astype(dtype).astype(ms.float32)
+    return (rounded(1 - rounded(mask)) * MASK_BIAS).astype(dtype)
 
 
-def explicit_broadcast() -> bool:
-    if EXPLICIT_BROADCAST is None:
-        return ms.get_context("device_target") == "CPU"
-    return EXPLICIT_BROADCAST
-
-
-def bcast(small, like):
-    """``small`` broadcast to ``like``'s shape when ``explicit_broadcast()`` (else as it is)."""
-    if not explicit_broadcast() or tuple(small.shape) == tuple(like.shape):
-        return small
-    return attention_seam.tile_to(small, like.shape)
-
-
-def stream_buffer(shape, dtype):
-    """A zero tensor for a long-lived buffer of the streamed paths (the residual stream, the self-attention
-    outputs): on CPU backed by a numpy array, i.e. outside MindSpore's memory pool, which never returns memory
-    to the OS. Chunks are written into it in place; freeing it returns its pages. Elsewhere ``ops.zeros``."""
-    if ms.get_context("device_target") != "CPU":
-        return ops.zeros(shape, dtype)
-    return Tensor.from_numpy(np.zeros(shape, ms.dtype_to_nptype(dtype)))
-
-
-def outside_pool(x):
-    """``x`` copied to a ``stream_buffer``-like tensor outside MindSpore's pool on CPU (as it is elsewhere): for a
-    tensor that stays alive while a loop of chunk temporaries runs around it in the pool, where it would split
-    the holes the temporaries reuse."""
-    if ms.get_context("device_target") != "CPU":
-        return x
-    return Tensor.from_numpy(np.array(x.asnumpy(), copy=True))
-
-
-def zeros_to_none(bias):
-    """None for an additive attention bias of zeros (nothing masked or padded), else ``bias``: adding zeros
-    changes no score, and the streamed paths then hold one score-sized buffer less per attention call."""
-    return None if bias is None or not np.any(bias.asnumpy()) else bias
-
-
-def modulate(x, shift, scale, r):
-    """``x * (1 + scale) + shift`` with each step materialised like torch does (adaLN-single modulation)."""
-    y = r(x * bcast(r(1 + scale), x))
-    return r(y + bcast(shift, y))
-
-
-def gelu(x, approximate: str):
-    if approximate == "tanh" and x.dtype == ms.float32 and ms.get_context("device_target") == "CPU":
-        return gelu_tanh_sigmoid(x)
-    return ops.gelu(x, approximate=approximate)
-
-
-GELU_BETA, GELU_KAPPA = math.sqrt(2.0 / math.pi), 0.044715
-# True: the sigmoid in float64 (within 1 fp32 ULP of torch's kernel, ~3x slower: a single-threaded fp64 kernel)
-PRECISE_GELU = False
-GELU_CHUNK_ELEMENTS = 8 * 1024 * 1024  # elements per call (PRECISE_GELU's float64 temporaries: 2 x 64 MiB)
-
-
-def gelu_tanh_sigmoid(x):
-    """tanh-GELU ``½x(1 + tanh u)`` as ``x·sigmoid(2u)`` (the same function), ``u = β(x + κx³)`` formed in float32
-    as torch forms it (``2u`` as ``(2β)(x + κx³)``: scaling by 2 is exact). MindSpore's CPU ``gelu`` kernel is
-    ~10x slower than these ops and its fp32 ``tanh`` is up to 1e-4 off; its fp32 ``sigmoid`` keeps this within
-    6e-7 of torch's kernel (torch's own distance from float64: 4e-7), ``PRECISE_GELU`` (float64 sigmoid) within
-    one fp32 ULP of |value| (4.8e-7)."""
-    rows = x.reshape(-1, x.shape[-1])
-    step = max(1, GELU_CHUNK_ELEMENTS // max(1, x.shape[-1]))
-    if rows.shape[0] <= step:
-        return _gelu_tanh_sigmoid_rows(x)
-    out = ops.zeros(rows.shape, x.dtype)  # in row chunks: the temporaries stay small
-    for r0 in range(0, rows.shape[0], step):
-        out[r0:r0 + step] = _gelu_tanh_sigmoid_rows(rows[r0:r0 + step])
-    return out.reshape(x.shape)
-
-
-def _gelu_tanh_sigmoid_rows(x):
-    two_u = (2 * GELU_BETA) * (x + GELU_KAPPA * (x * x * x))
-    if not PRECISE_GELU:
-        return x * ops.sigmoid(two_u)
-    return x * ops.sigmoid(two_u.astype(ms.float64)).astype(ms.float32)
+def zero_pad_tokens(x, length):
+    """``x`` (B, S, D) with zero rows appended up to ``length`` tokens (upstream's ``F.pad``; concatenated: the CPU
+    backend has no bf16 pad)."""
+    b, s, d = x.shape
+    return x if length == s else ops.cat((x, ops.zeros((b, length - s, d), x.dtype)), axis=1)
 
 
 # ================================================================================================================
 # diffusers building blocks
 # ================================================================================================================
-_linear_matmul = ops.MatMul(transpose_b=True)  # x (N, in) · weight (out, in)ᵀ, the weight as stored
-
-
 class Linear(Cell):
     """torch ``nn.Linear``: weight (out, in), bias (out); default init U(±1/sqrt(in))."""
 
@@ -191,37 +85,20 @@ class Linear(Cell):
         self.bias = Parameter(initializer(Uniform(bound), (out_features,), ms.float32)) if bias else None
 
     def construct(self, x):
-        return self._dense(x, self.weight, self.bias)
-
-    def rows(self, x, start, stop):
-        """``construct(x)[..., start:stop]``, computing only those output features (bit-identical: each output
-        feature is its own dot product over the same inputs)."""
-        return self._dense(x, self.weight[start:stop], None if self.bias is None else self.bias[start:stop])
-
-    def _dense(self, x, weight, bias):
-        if explicit_broadcast() and x.dtype == ms.float32:
-            # on CPU: a 2-D matmul against the weight as stored (transpose_b), + bias explicitly broadcast. The
-            # same values as ops.dense from 16 rows on (closer to float64 below), at up to 2-4x its speed, and
-            # without ops.dense's transposed copy of the weight in MindSpore's never-shrinking memory pool
-            # (85 MB per call for a released FFN weight).
-            y = _linear_matmul(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
-            return self.numerics(y if bias is None else y + bcast(bias, y))
-        if bias is not None and explicit_broadcast() and x.dtype == ms.float16:
-            y = ops.dense(x, weight, None)  # + bias, explicitly broadcast: bit-identical to the fused call
-            return self.numerics(y + bcast(bias, y))
-        return self.numerics(ops.dense(x, weight, bias))
+        return self.kernels.linear(x, self.weight, self.bias)
 
 
 class LayerNorm(Cell):
-    """torch ``nn.LayerNorm(dim, eps, elementwise_affine=False)``: no parameters, float32 statistics."""
+    """torch ``nn.LayerNorm(dim, eps, elementwise_affine=False)``: no parameters, float32 statistics (like torch on
+    CPU for every dtype), the output in the input's dtype."""
 
     def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = False):
         super().__init__()
         if elementwise_affine:
-            raise ParityError("LayerNorm: elementwise_affine=True is not part of OpenSoraT2V v1.3")
+            raise ValueError("LayerNorm: elementwise_affine=True is not part of OpenSoraT2V v1.3")
         self.dim, self.eps = dim, eps
         # one primitive (per eps) and one pair of unit gamma/zero beta per cell, not per call: a primitive made per
-        # call leaves a little in MindSpore's memory pool each time (the streamed paths call a norm per token chunk)
+        # call leaves a little in MindSpore's memory pool each time (token-streamed blocks call a norm per chunk)
         self._layer_norm, self._layer_norm_eps = None, None
         self._gamma = Tensor(np.ones((dim,), np.float32))
         self._beta = Tensor(np.zeros((dim,), np.float32))
@@ -230,8 +107,16 @@ class LayerNorm(Cell):
         if self._layer_norm_eps != self.eps:
             self._layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=self.eps)
             self._layer_norm_eps = self.eps
-        y = self._layer_norm(x.astype(ms.float32), self._gamma, self._beta)[0]
-        return self.numerics(y.astype(x.dtype))
+        return self._layer_norm(x.astype(ms.float32), self._gamma, self._beta)[0].astype(x.dtype)
+
+
+class Dropout(UsesKernels, nn.Dropout):
+    """torch ``nn.Dropout(p)``: the identity in eval mode; in training through the kernel policy (bf16 on CPU)."""
+
+    def construct(self, x):
+        if not self.training:
+            return x
+        return self.kernels.dropout(super().construct, x)
 
 
 class GELU(Cell):
@@ -243,7 +128,8 @@ class GELU(Cell):
         self.approximate = approximate
 
     def construct(self, hidden_states):
-        return self.numerics(gelu(self.proj(hidden_states), self.approximate))
+        hidden_states = self.proj(hidden_states)
+        return self.kernels.gelu(hidden_states, approximate=self.approximate)
 
 
 class FeedForward(Cell):
@@ -254,34 +140,19 @@ class FeedForward(Cell):
                  bias: bool = True):
         super().__init__()
         if activation_fn != "gelu-approximate":
-            raise ParityError(f"FeedForward: activation_fn {activation_fn!r} is not used by OpenSoraT2V v1.3")
+            raise ValueError(f"FeedForward: activation_fn {activation_fn!r} is not used by OpenSoraT2V v1.3")
         inner_dim = inner_dim or int(dim * mult)
         dim_out = dim_out or dim
-        layers = [GELU(dim, inner_dim, approximate="tanh", bias=bias), nn.Dropout(p=dropout),
+        layers = [GELU(dim, inner_dim, approximate="tanh", bias=bias), Dropout(p=dropout),
                   Linear(inner_dim, dim_out, bias=bias)]
         if final_dropout:
-            layers.append(nn.Dropout(p=dropout))
+            layers.append(Dropout(p=dropout))
         self.net = nn.CellList(layers)
 
     def construct(self, hidden_states):
-        inner = self.net[0].proj.out_features
-        tokens = hidden_states.size // hidden_states.shape[-1]
-        if tokens * inner <= FFN_CHUNK_ELEMENTS:
-            for module in self.net:
-                hidden_states = module(hidden_states)
-            return hidden_states
-        # token chunks (a memory bound at real sizes; every token's FFN is independent of the others)
-        flat = hidden_states.reshape(tokens, hidden_states.shape[-1])
-        step = max(32, FFN_CHUNK_ELEMENTS // inner)
-        out = None
-        for start in range(0, tokens, step):
-            y = flat[start:start + step]
-            for module in self.net:
-                y = module(y)
-            if out is None:
-                out = ops.zeros((tokens, y.shape[-1]), y.dtype)
-            out[start:start + step] = y
-        return out.reshape(*hidden_states.shape[:-1], out.shape[-1])
+        for module in self.net:
+            hidden_states = module(hidden_states)
+        return hidden_states
 
 
 class Timesteps(Cell):
@@ -315,7 +186,7 @@ class TimestepEmbedding(Cell):
         self.linear_2 = Linear(time_embed_dim, time_embed_dim)
 
     def construct(self, sample):
-        return self.linear_2(self.numerics(ops.silu(self.linear_1(sample))))
+        return self.linear_2(self.kernels.silu(self.linear_1(sample)))
 
 
 class PixArtAlphaCombinedTimestepSizeEmbeddings(Cell):
@@ -327,8 +198,10 @@ class PixArtAlphaCombinedTimestepSizeEmbeddings(Cell):
         self.timestep_embedder = TimestepEmbedding(in_channels=256, time_embed_dim=embedding_dim)
 
     def construct(self, timestep, batch_size=None, hidden_dtype=None):
-        timesteps_proj = self.time_proj(timestep)
-        return self.timestep_embedder(self.numerics(timesteps_proj.astype(hidden_dtype or self.numerics.dtype)))
+        timesteps_proj = self.time_proj(timestep)  # float32
+        if hidden_dtype is not None:
+            timesteps_proj = timesteps_proj.astype(hidden_dtype)
+        return self.timestep_embedder(timesteps_proj)  # (B, D)
 
 
 class AdaLayerNormSingle(Cell):
@@ -341,7 +214,7 @@ class AdaLayerNormSingle(Cell):
 
     def construct(self, timestep, added_cond_kwargs=None, batch_size=None, hidden_dtype=None):
         embedded_timestep = self.emb(timestep, batch_size=batch_size, hidden_dtype=hidden_dtype)
-        return self.linear(self.numerics(ops.silu(embedded_timestep))), embedded_timestep
+        return self.linear(self.kernels.silu(embedded_timestep)), embedded_timestep
 
 
 class PixArtAlphaTextProjection(Cell):
@@ -353,7 +226,7 @@ class PixArtAlphaTextProjection(Cell):
         self.linear_2 = Linear(hidden_size, out_features or hidden_size, bias=True)
 
     def construct(self, caption):
-        return self.linear_2(self.numerics(gelu(self.linear_1(caption), "tanh")))
+        return self.linear_2(self.kernels.gelu(self.linear_1(caption), approximate="tanh"))
 
 
 # ================================================================================================================
@@ -369,64 +242,11 @@ class PatchEmbed2D(Cell):
                               has_bias=bias, weight_init=Uniform(bound), bias_init=Uniform(bound))
 
     def construct(self, latent):
-        if ms.get_context("device_target") == "CPU":
-            return self._construct_as_matmul(latent)
         b, c, t, h, w = latent.shape
-        p = self.proj.stride[-1]
-        if b * t * (h // p) * (w // p) * self.proj.out_channels > STREAM_BLOCK_ELEMENTS:
-            return self._construct_per_frame(latent)
         latent = latent.transpose(0, 2, 1, 3, 4).reshape(b * t, c, h, w)          # b c t h w -> (b t) c h w
-        latent = self.numerics(self.proj(latent))
+        latent = self.kernels.conv2d(self.proj, latent)
         _, d, hp, wp = latent.shape
-        return latent.reshape(b, t, d, hp, wp).transpose(0, 1, 3, 4, 2).reshape(b, t * hp * wp, d)
-
-    def _construct_per_frame(self, latent):
-        """``construct`` in bands of patch rows of one frame, into the token layout (real sizes: the
-        convolution's output and its permuted copy exist for about STREAM_CHUNK_TOKENS tokens only; with
-        stride = kernel every output patch is its own dot product, so the values are unchanged)."""
-        b, _, t, h, w = latent.shape
-        p = self.proj.stride[-1]
-        hp, wp = h // p, w // p
-        band = max(1, STREAM_CHUNK_TOKENS // wp)
-        out = None
-        for f in range(t):
-            for r0 in range(0, hp, band):
-                r1 = min(hp, r0 + band)
-                x = self.numerics(self.proj(latent[:, :, f, r0 * p:r1 * p]))   # b D rows w'
-                if out is None:
-                    out = stream_buffer((b, t * hp * wp, x.shape[1]), x.dtype)
-                start = (f * hp + r0) * wp
-                out[:, start:start + (r1 - r0) * wp] = x.transpose(0, 2, 3, 1).reshape(b, (r1 - r0) * wp, -1)
-        return out
-
-    def _construct_as_matmul(self, latent):
-        """The same stride-p convolution as one matmul over non-overlapping patches, flattened channels-last
-        ``(p, q, c)``: this order reproduces torch's CPU conv bit for bit in fp32 (MindSpore's Conv2D kernel
-        matches 40% of its outputs, and takes ~100-180 ms for the bench's 6x8x32x48 latent; the matmul ~5 ms)."""
-        b, c, t, h, w = latent.shape
-        p = self.proj.kernel_size[0]
-        hp, wp = h // p, w // p
-        latent = latent[..., :hp * p, :wp * p]                                    # "valid": drop a partial patch
-        # b c t (hp p) (wp q) -> (b t hp wp) (p q c); the (D, C, p, q) weight -> (D, p q c)
-        patches = latent.reshape(b, c, t, hp, p, wp, p).transpose(0, 2, 3, 5, 4, 6, 1).reshape(-1, p * p * c)
-        weight = self.proj.weight.transpose(0, 2, 3, 1).reshape(self.proj.weight.shape[0], -1)
-        rows = patches.shape[0]
-        if rows * weight.shape[0] <= STREAM_BLOCK_ELEMENTS:
-            return self._patch_rows(patches, weight).reshape(b, t * hp * wp, -1)
-        # real sizes: bands of STREAM_CHUNK_TOKENS tokens, so the product and its biased copy stay small
-        out = None
-        for r0 in range(0, rows, STREAM_CHUNK_TOKENS):
-            y = self._patch_rows(patches[r0:r0 + STREAM_CHUNK_TOKENS], weight)
-            if out is None:
-                out = stream_buffer((rows, weight.shape[0]), y.dtype)  # the residual stream: outside the pool
-            out[r0:r0 + y.shape[0]] = y
-        return out.reshape(b, t * hp * wp, -1)
-
-    def _patch_rows(self, patches, weight):
-        y = ops.dense(patches, weight, None)
-        if self.proj.bias is not None:
-            y = y + bcast(self.proj.bias, y)
-        return self.numerics(y)
+        return latent.reshape(b, t, d, hp, wp).transpose(0, 1, 3, 4, 2).reshape(b, t * hp * wp, d)  # b (t h w) c
 
 
 class PositionGetter3D:
@@ -437,13 +257,13 @@ class PositionGetter3D:
 
     def __call__(self, b, t, h, w):
         if (t, h, w) not in self.cache_positions:
-            pos = rope_positions(t, h, w)  # (S, 3) int
-            poses = (pos[:, 0], pos[:, 1], pos[:, 2])
+            tt, hh, ww = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
+            poses = (tt.ravel(), hh.ravel(), ww.ravel())                              # (S,) each
             self.cache_positions[t, h, w] = (poses, (t - 1, h - 1, w - 1))
         return self.cache_positions[t, h, w]
 
 
-class RoPE3D:
+class RoPE3D(UsesKernels):
     """3D rotary embedding: head_dim split in thirds [t | h | w], rotate-half pairing inside each third.
 
     Tables are built on the host from integer positions: angle = fp32(pos / scale) · fp32 inv_freq (an fp32
@@ -458,42 +278,41 @@ class RoPE3D:
         self.interpolation_scale_t, self.interpolation_scale_h, self.interpolation_scale_w = interpolation_scale_thw
         self.cache = {}
 
-    def get_cos_sin(self, D, seq_len, numerics, interpolation_scale=1):
-        key = (D, seq_len, numerics.logical)
-        if key not in self.cache:
+    def get_cos_sin(self, D, seq_len, dtype, interpolation_scale=1):
+        if (D, seq_len, dtype) not in self.cache:
             inv_freq = rope_inv_freq(D, self.base)                                         # fp32 (D/2,)
             t = (np.arange(seq_len, dtype=np.float32) / np.float32(interpolation_scale)).astype(np.float32)
-            freqs = numerics.table(np.outer(t, inv_freq).astype(np.float32))               # angle in act dtype
+            freqs = round_table(np.outer(t, inv_freq).astype(np.float32), dtype)          # angle in the dtype
             freqs = np.concatenate((freqs, freqs), axis=-1).astype(np.float64)
-            self.cache[key] = (numerics.table(np.cos(freqs)), numerics.table(np.sin(freqs)))
-        return self.cache[key]
+            self.cache[D, seq_len, dtype] = (round_table(np.cos(freqs), dtype), round_table(np.sin(freqs), dtype))
+        return self.cache[D, seq_len, dtype]
 
     @staticmethod
     def rotate_half(x):
         half = x.shape[-1] // 2
         return ops.cat((-x[..., half:], x[..., :half]), -1)
 
-    def apply_rope1d(self, tokens, pos1d, cos, sin, numerics):
-        """tokens (B, S, N, D3); pos1d (S,) int; cos/sin tables (L, D3) -> rows gathered per token."""
-        dtype = numerics.dtype
-        cos = Tensor(cos[pos1d][None, :, None, :]).astype(dtype)
-        sin = Tensor(sin[pos1d][None, :, None, :]).astype(dtype)
-        r = numerics
-        return r(r(tokens * bcast(cos, tokens)) + r(self.rotate_half(tokens) * bcast(sin, tokens)))
+    def apply_rope1d(self, tokens, pos1d, cos, sin):
+        """tokens (B, S, N, D3); pos1d (S,) int; cos/sin tables (L, D3) -> rows gathered per token (on the host)."""
+        cos = Tensor(cos[pos1d][None, :, None, :]).astype(tokens.dtype)
+        sin = Tensor(sin[pos1d][None, :, None, :]).astype(tokens.dtype)
+        k = self.kernels
+        return (tokens * k.expand_as(cos, tokens)) + (self.rotate_half(tokens) * k.expand_as(sin, tokens))
 
-    def __call__(self, tokens, positions, numerics=FP32):
+    def __call__(self, tokens, positions):
         """tokens (B, S, N, d) batch-first (upstream: (S, B, N, d)); positions from ``PositionGetter3D``."""
         if tokens.shape[3] % 3 != 0:
-            raise ParityError("RoPE3D: number of dimensions should be a multiple of three")
+            raise ValueError("RoPE3D: number of dimensions should be a multiple of three")
         D = tokens.shape[3] // 3
         poses, max_poses = positions
-        cos_t, sin_t = self.get_cos_sin(D, max_poses[0] + 1, numerics, self.interpolation_scale_t)
-        cos_y, sin_y = self.get_cos_sin(D, max_poses[1] + 1, numerics, self.interpolation_scale_h)
-        cos_x, sin_x = self.get_cos_sin(D, max_poses[2] + 1, numerics, self.interpolation_scale_w)
+        cos_t, sin_t = self.get_cos_sin(D, max_poses[0] + 1, tokens.dtype, self.interpolation_scale_t)
+        cos_y, sin_y = self.get_cos_sin(D, max_poses[1] + 1, tokens.dtype, self.interpolation_scale_h)
+        cos_x, sin_x = self.get_cos_sin(D, max_poses[2] + 1, tokens.dtype, self.interpolation_scale_w)
+        # split features into three along the feature dimension, and apply rope1d on each third
         t, y, x = ops.chunk(tokens, 3, axis=-1)
-        t = self.apply_rope1d(t, poses[0], cos_t, sin_t, numerics)
-        y = self.apply_rope1d(y, poses[1], cos_y, sin_y, numerics)
-        x = self.apply_rope1d(x, poses[2], cos_x, sin_x, numerics)
+        t = self.apply_rope1d(t, poses[0], cos_t, sin_t)
+        y = self.apply_rope1d(y, poses[1], cos_y, sin_y)
+        x = self.apply_rope1d(x, poses[2], cos_x, sin_x)
         return ops.cat((t, y, x), -1)
 
 
@@ -518,7 +337,7 @@ class Attention(Cell):
         self.to_q = Linear(query_dim, self.inner_dim, bias=bias)
         self.to_k = Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
         self.to_v = Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
-        self.to_out = nn.CellList([Linear(self.inner_dim, query_dim, bias=out_bias), nn.Dropout(p=dropout)])
+        self.to_out = nn.CellList([Linear(self.inner_dim, query_dim, bias=out_bias), Dropout(p=dropout)])
         self.processor = OpenSoraAttnProcessor(interpolation_scale_thw=interpolation_scale_thw, sparse1d=sparse1d,
                                                sparse_n=sparse_n, sparse_group=sparse_group,
                                                is_cross_attn=is_cross_attn)
@@ -532,8 +351,8 @@ class Attention(Cell):
     def prepare_sparse_mask(attention_mask, encoder_attention_mask, sparse_n, head_num, pad_value=SPARSE_PAD_BIAS):
         """Skiparse biases for ratio ``sparse_n``: ``{False: (video, text), True: (video_group, text)}``.
 
-        video (B, 1, S) is padded to a multiple of n² with ``pad_value`` (-9980 as the activation dtype holds it)
-        and regrouped single-skip ``b 1 1 (g k) -> (k b) 1 1 g`` or group-skip ``b 1 1 (n m k) -> (m b) 1 1 (n k)``;
+        video (B, 1, S) is padded to a multiple of n² with ``pad_value`` (-9980, as the mask's dtype holds it) and
+        regrouped single-skip ``b 1 1 (g k) -> (k b) 1 1 g`` or group-skip ``b 1 1 (n m k) -> (m b) 1 1 (n k)``;
         text (B, 1, L) is tiled k-major to (n·B, 1, 1, L). Unlike upstream, nothing is repeated over heads
         (``head_num`` is accepted for the upstream signature): all masks are (n·B, 1, 1, len).
         """
@@ -544,14 +363,15 @@ class Attention(Cell):
         pad_len = 0 if l % block == 0 else block - l % block
         attention_mask_sparse = attention_mask
         if pad_len:
-            attention_mask_sparse = ops.pad(attention_mask, (0, pad_len), value=float(pad_value))
+            padding = Tensor(np.full((b, 1, 1, pad_len), pad_value, np.float32)).astype(attention_mask.dtype)
+            attention_mask_sparse = ops.cat((attention_mask, padding), -1)
         g = (l + pad_len) // sparse_n
         attention_mask_sparse_1d = (attention_mask_sparse.reshape(b, g, sparse_n).transpose(2, 0, 1)
                                     .reshape(sparse_n * b, 1, 1, g))
         n_outer = (l + pad_len) // block
         attention_mask_sparse_1d_group = (attention_mask_sparse.reshape(b, n_outer, sparse_n, sparse_n)
                                           .transpose(2, 0, 1, 3).reshape(sparse_n * b, 1, 1, g))
-        encoder_attention_mask_sparse = encoder_attention_mask.tile((sparse_n, 1, 1, 1))
+        encoder_attention_mask_sparse = ops.cat((encoder_attention_mask,) * sparse_n)  # k-major: index j·B + b
         return {
             False: (attention_mask_sparse_1d, encoder_attention_mask_sparse),
             True: (attention_mask_sparse_1d_group, encoder_attention_mask_sparse),
@@ -582,11 +402,10 @@ class OpenSoraAttnProcessor:
         """(B, S, D) -> (k·B, S_pad/k, D), zero-padding S to a multiple of k²."""
         b, l, d = x.shape
         if l != frame * height * width:
-            raise ParityError(f"Skiparse: sequence length {l} != frame*height*width = {frame * height * width}")
+            raise ValueError(f"Skiparse: sequence length {l} != frame*height*width = {frame * height * width}")
         k = self.sparse_n
         pad_len = 0 if l % (k * k) == 0 else k * k - l % (k * k)
-        if pad_len:
-            x = ops.pad(x, (0, 0, 0, pad_len))
+        x = zero_pad_tokens(x, l + pad_len)
         s = l + pad_len
         if not self.sparse_group:   # (g k) b d -> g (k b) d
             x = x.reshape(b, s // k, k, d).transpose(2, 0, 1, 3).reshape(k * b, s // k, d)
@@ -600,7 +419,7 @@ class OpenSoraAttnProcessor:
         kb, g, d = x.shape
         b, s = kb // k, g * k
         if s != frame * height * width + pad_len:
-            raise ParityError("Skiparse: regrouped length does not match frame*height*width + padding")
+            raise ValueError("Skiparse: regrouped length does not match frame*height*width + padding")
         if not self.sparse_group:   # g (k b) d -> (g k) b d
             x = x.reshape(k, b, g, d).transpose(1, 2, 0, 3).reshape(b, s, d)
         else:                       # (n k) (m b) d -> (n m k) b d
@@ -609,12 +428,11 @@ class OpenSoraAttnProcessor:
         return x[:, :frame * height * width] if pad_len else x
 
     def _sparse_1d_kv(self, x):
-        """Text keys/values tiled to every sub-batch: (B, L, D) -> (k·B, L, D)."""
-        return x.tile((self.sparse_n, 1, 1))
+        """Text keys/values tiled to every sub-batch: (B, L, D) -> (k·B, L, D), k-major."""
+        return ops.cat((x,) * self.sparse_n)
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  frame=8, height=16, width=16):
-        r = attn.numerics
         batch_size = hidden_states.shape[0]
         query = attn.to_q(hidden_states)
         if encoder_hidden_states is None:
@@ -626,8 +444,8 @@ class OpenSoraAttnProcessor:
         head_dim = inner_dim // attn.heads
         if not self.is_cross_attn:
             pos_thw = self.position_getter(batch_size, t=frame, h=height, w=width)
-            query = self.rope(query.reshape(batch_size, -1, attn.heads, head_dim), pos_thw, r)
-            key = self.rope(key.reshape(batch_size, -1, attn.heads, head_dim), pos_thw, r)
+            query = self.rope(query.reshape(batch_size, -1, attn.heads, head_dim), pos_thw)
+            key = self.rope(key.reshape(batch_size, -1, attn.heads, head_dim), pos_thw)
             query = query.reshape(batch_size, -1, inner_dim)
             key = key.reshape(batch_size, -1, inner_dim)
 
@@ -640,18 +458,15 @@ class OpenSoraAttnProcessor:
                 key, pad_len = self._sparse_1d(key, frame, height, width)
                 value, pad_len = self._sparse_1d(value, frame, height, width)
 
-        hidden_states = r(attention_seam.attention(query, key, value, attention_mask, heads=attn.heads,
-                                                   scale=attn.scale, backend=attn.attention_backend,
-                                                   kernel_dtype=r.kernel_dtype))
-        del query, key, value  # not needed any more: frees three states early at real token counts
+        hidden_states = attention_seam.attention(query, key, value, attention_mask, heads=attn.heads,
+                                                 scale=attn.scale, backend=attn.attention_backend)
 
         if self.sparse1d:
             hidden_states = self._reverse_sparse_1d(hidden_states, frame, height, width, pad_len)
 
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if attn.rescale_output_factor != 1.0:
-            hidden_states = r(hidden_states / attn.rescale_output_factor)
+        hidden_states = attn.to_out[0](hidden_states)  # linear proj
+        hidden_states = attn.to_out[1](hidden_states)  # dropout
+        hidden_states = hidden_states / attn.rescale_output_factor
         return hidden_states
 
 
@@ -690,205 +505,80 @@ class BasicTransformerBlock(Cell):
 
     def construct(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                   timestep=None, frame=None, height=None, width=None):
-        if (hidden_states.size > STREAM_BLOCK_ELEMENTS
-                and attention_seam.resolve_backend(self.attn1.attention_backend) == "portable"):
-            return self._construct_streamed(hidden_states, attention_mask, encoder_hidden_states,
-                                            encoder_attention_mask, timestep, frame, height, width)
-        r = self.numerics
-        batch_size = hidden_states.shape[0]
-        modulation = r(self.scale_shift_table[None] + timestep.reshape(batch_size, 6, -1))   # (B, 6, D)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(modulation, 6, axis=1)
-
         # 0. Self-Attention
-        norm_hidden_states = modulate(self.norm1(hidden_states), shift_msa, scale_msa, r)
+        batch_size = hidden_states.shape[0]
+        modulation = ops.chunk(self.scale_shift_table[None] + timestep.reshape(batch_size, 6, -1), 6, axis=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.kernels.expand_as(m, hidden_states) for m in modulation)   # (B, 1, D), broadcast over the tokens
+
+        norm_hidden_states = self.norm1(hidden_states)
+        norm_hidden_states = norm_hidden_states * (1 + scale_msa) + shift_msa
         attn_output = self.attn1(norm_hidden_states, encoder_hidden_states=None, attention_mask=attention_mask,
                                  frame=frame, height=height, width=width)
-        hidden_states = r(r(bcast(gate_msa, attn_output) * attn_output) + hidden_states)
-        del norm_hidden_states, attn_output  # (memory only: dead tensors released before the next attention)
+        attn_output = gate_msa * attn_output
+        hidden_states = attn_output + hidden_states
 
         # 3. Cross-Attention
         attn_output = self.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states,
                                  attention_mask=encoder_attention_mask, frame=frame, height=height, width=width)
-        hidden_states = r(attn_output + hidden_states)
-        del attn_output
+        hidden_states = attn_output + hidden_states
 
         # 4. Feed-forward
-        norm_hidden_states = modulate(self.norm2(hidden_states), shift_mlp, scale_mlp, r)
+        norm_hidden_states = self.norm2(hidden_states)
+        norm_hidden_states = norm_hidden_states * (1 + scale_mlp) + shift_mlp
         ff_output = self.ff(norm_hidden_states)
-        return r(r(bcast(gate_mlp, ff_output) * ff_output) + hidden_states)
-
-    def _construct_streamed(self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
-                            timestep, frame, height, width):
-        """``construct`` in token chunks, for real-size inputs (see ``STREAM_BLOCK_ELEMENTS``); the twin of the
-        torch reference's ``_forward_streamed``.
-
-        (1) Self-attention runs one group of heads at a time (``_streamed_self_attention``) into a buffer of the
-        attention outputs of all tokens (the output projection's input); (2) per chunk of tokens (aligned to
-        sparse_n² so a chunk maps to a contiguous run of every sub-sequence): output projection and gated
-        residual, cross-attention and the modulated FFN, written back into ``hidden_states`` in place. Hooks
-        inside the block are not called on this path.
-        """
-        r = self.numerics
-        h = hidden_states                                                       # (B, S, D)
-        batch, seq, _ = h.shape
-        modulation = r(self.scale_shift_table[None] + timestep.reshape(batch, 6, -1))
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(modulation, 6, axis=1)
-        attn1, attn2 = self.attn1, self.attn2
-        stream = _TokenStream(attn1, batch, seq, frame, height, width)
-        attended = self._streamed_self_attention(h, stream, shift_msa, scale_msa, zeros_to_none(attention_mask))
-
-        # Cross-attention keys/values once per batch element, not tiled to the k Skiparse sub-batches as upstream
-        # does: every sub-batch sees the same text and the same (k-major tiled) text mask, so the chunk's queries
-        # attend in token order (per query row the same computation; tested bit-identical).
-        text_k_t, text_v = attention_seam.prepare_keys(attn2.to_k(encoder_hidden_states),
-                                                       attn2.to_v(encoder_hidden_states), attn2.heads)
-        text_k_t, text_v = outside_pool(text_k_t), outside_pool(text_v)  # they live through the chunk loop
-        text_mask = None if encoder_attention_mask is None else zeros_to_none(encoder_attention_mask[:batch])
-
-        for s0, s1, _ in stream.chunks():
-            chunk = h[:, s0:s1]
-            a = attn1.to_out[1](attn1.to_out[0](attended[:, s0:s1]))
-            if attn1.rescale_output_factor != 1.0:
-                a = r(a / attn1.rescale_output_factor)
-            chunk = r(r(bcast(gate_msa, a) * a) + chunk)
-            a = r(attention_seam.attend_prepared(attn2.to_q(chunk), text_k_t, text_v, text_mask, heads=attn2.heads,
-                                                 scale=attn2.scale, chunk_elements=STREAM_ATTENTION_SCORES))
-            a = attn2.to_out[1](attn2.to_out[0](a))
-            if attn2.rescale_output_factor != 1.0:
-                a = r(a / attn2.rescale_output_factor)
-            chunk = r(a + chunk)
-            n = modulate(self.norm2(chunk), shift_mlp, scale_mlp, r)
-            f = self.ff(n)
-            del n
-            h[:, s0:s1] = r(r(bcast(gate_mlp, f) * f) + chunk)
-            del f, a, chunk
-        return h
-
-    def _streamed_self_attention(self, h, stream, shift_msa, scale_msa, attention_mask):
-        """Self-attention outputs of all tokens (B, S, inner), before the output projection, one group of
-        STREAM_GROUP_HEADS heads at a time: the group's keys (transposed) and values (the portable seam's layout)
-        of every token (RoPE'd, Skiparse regrouped, zero padding as ``_sparse_1d`` pads; projections restricted to
-        the group's output rows), then attention for chunks of queries (``_sparse_1d`` layout, built per chunk
-        from the same normalised tokens: recomputing the norm costs less than holding a group's queries) against
-        all keys."""
-        r = self.numerics
-        attn1 = self.attn1
-        proc = attn1.processor
-        batch, seq, _ = h.shape
-        head_dim = attn1.inner_dim // attn1.heads
-        kb, g_all = stream.k * batch, stream.seq_pad // stream.k
-        attended = stream_buffer((batch, seq, attn1.inner_dim), h.dtype)
-
-        def normed(s0, s1):
-            return modulate(self.norm1(h[:, s0:s1]), shift_msa, scale_msa, r)
-
-        def grouped(linear, n, s0, s1, rows, c0, c1, rope=True):
-            """the group's output features of tokens s0..s1, RoPE'd, padded to ``rows`` and Skiparse regrouped"""
-            x = linear.rows(n, c0, c1)
-            if rope:
-                x = stream.roped(x, s0, s1)
-            x = stream.padded(x, rows)
-            return stream.regroup(x, proc)
-
-        group_heads = None
-        for h0 in range(0, attn1.heads, STREAM_GROUP_HEADS):
-            h1 = min(attn1.heads, h0 + STREAM_GROUP_HEADS)
-            c0, c1 = h0 * head_dim, h1 * head_dim
-            if h1 - h0 != group_heads:  # one set per block, outside MindSpore's pool (each group rewrites
-                group_heads = h1 - h0   # every element; re-allocated per group they fragmented the pool)
-                key_t = stream_buffer((kb, group_heads, head_dim, g_all), ms.float32)
-                values = stream_buffer((kb, group_heads, g_all, head_dim), ms.float32)
-            for s0, s1, rows in stream.chunks(STREAM_QUERY_CHUNKS):
-                n = normed(s0, s1)
-                g0 = s0 // stream.k
-                kc = grouped(attn1.to_k, n, s0, s1, rows, c0, c1)
-                vc = grouped(attn1.to_v, n, s0, s1, rows, c0, c1, rope=False)
-                del n
-                kc, vc = attention_seam.prepare_keys(kc, vc, h1 - h0)
-                key_t[:, :, :, g0:g0 + kc.shape[-1]] = kc
-                values[:, :, g0:g0 + vc.shape[2]] = vc
-                del kc, vc
-            for s0, s1, rows in stream.chunks(STREAM_QUERY_CHUNKS):
-                q = grouped(attn1.to_q, normed(s0, s1), s0, s1, rows, c0, c1)
-                a = r(attention_seam.attend_prepared(q, key_t, values, attention_mask, heads=h1 - h0,
-                                                     scale=attn1.scale, chunk_elements=STREAM_ATTENTION_SCORES))
-                del q
-                attended[:, s0:s1, c0:c1] = stream.ungroup(a, proc, rows)[:, :s1 - s0]
-                del a
-        return attended
-
-
-class _TokenStream:
-    """Token-chunk bookkeeping of a streamed block: chunks of whole Skiparse units (sparse_n² tokens; a unit maps
-    to one contiguous run of every sub-sequence), RoPE on a chunk's own grid positions, and the Skiparse
-    regrouping of a unit-aligned run of tokens (a run of ``_sparse_1d``'s layout)."""
-
-    def __init__(self, attn1: Attention, batch, seq, frame, height, width):
-        self.proc = proc = attn1.processor
-        self.numerics = attn1.numerics
-        self.batch, self.seq = batch, seq
-        self.head_dim = attn1.inner_dim // attn1.heads
-        self.k = proc.sparse_n if proc.sparse1d else 1
-        self.unit = self.k * self.k if proc.sparse1d else 1
-        self.seq_pad = seq + (-seq % self.unit)
-        self.step = max(self.unit, STREAM_CHUNK_TOKENS // self.unit * self.unit)
-        self.positions = proc.position_getter(batch, t=frame, h=height, w=width)
-
-    def chunks(self, steps: int = 1):
-        """(start, stop, rows): token chunks of ``steps`` steps; ``rows`` is the chunk's length rounded up to whole
-        units."""
-        return token_chunks(self.seq, self.step * steps, self.unit)
-
-    def roped(self, x, s0, s1):
-        """(B, L, heads·d) tokens s0..s1: the processor's RoPE on their own grid positions."""
-        poses, max_poses = self.positions
-        x = self.proc.rope(x.reshape(self.batch, s1 - s0, -1, self.head_dim),
-                           (tuple(p[s0:s1] for p in poses), max_poses), self.numerics)
-        return x.reshape(self.batch, s1 - s0, -1)
-
-    @staticmethod
-    def padded(x, rows):
-        """zero rows appended up to ``rows`` (as ``_sparse_1d`` pads)"""
-        return ops.pad(x, (0, 0, 0, rows - x.shape[1])) if rows > x.shape[1] else x
-
-    def regroup(self, x, p):
-        """(B, L, C), L unit-aligned -> (k·B, L/k, C) for processor ``p``"""
-        if not p.sparse1d:
-            return x
-        k, unit = self.k, self.unit
-        b, n_tok, c = x.shape
-        if not p.sparse_group:
-            return x.reshape(b, n_tok // k, k, c).transpose(2, 0, 1, 3).reshape(k * b, n_tok // k, c)
-        return x.reshape(b, n_tok // unit, k, k, c).transpose(2, 0, 1, 3, 4).reshape(k * b, n_tok // k, c)
-
-    def ungroup(self, x, p, n_tok):
-        """inverse of ``regroup``: (k·B, L/k, C) -> (B, L, C)"""
-        if not p.sparse1d:
-            return x
-        k, unit = self.k, self.unit
-        kb, g, c = x.shape
-        if not p.sparse_group:
-            return x.reshape(k, kb // k, g, c).transpose(1, 2, 0, 3).reshape(kb // k, n_tok, c)
-        return x.reshape(k, kb // k, n_tok // unit, k, c).transpose(1, 2, 0, 3, 4).reshape(kb // k, n_tok, c)
+        ff_output = gate_mlp * ff_output
+        hidden_states = ff_output + hidden_states
+        return hidden_states
 
 
 # ================================================================================================================
 # opensora/models/diffusion/opensora_v1_3/modeling_opensora.py
 # ================================================================================================================
 class OpenSoraT2V_v1_3(Cell):
-    """The v1.3 text-to-video DiT. ``construct`` returns ``(output,)`` like upstream's ``return_dict=False``."""
+    """The v1.3 text-to-video DiT. ``construct`` returns ``(output,)`` like upstream's ``return_dict=False``.
 
-    def __init__(self, config: OpenSoraConfig | Mapping):
+    Construct with upstream's keyword names (``OpenSoraT2V_v1_3(num_layers=32, ...)``) or from an upstream
+    ``config.json`` dict (``from_config``, unknown and EMA keys ignored). Settings the model cannot run are a
+    ``ValueError`` up front.
+    """
+
+    def __init__(self, num_attention_heads: int = 16, attention_head_dim: int = 88, in_channels: int | None = None,
+                 out_channels: int | None = None, num_layers: int = 1, dropout: float = 0.0,
+                 cross_attention_dim: int | None = None, attention_bias: bool = True, sample_size_h: Any = None,
+                 sample_size_w: Any = None, sample_size_t: Any = None, patch_size: int | None = None,
+                 patch_size_t: int | None = None, activation_fn: str = "geglu", only_cross_attention: bool = False,
+                 double_self_attention: bool = False, upcast_attention: bool = False,
+                 norm_elementwise_affine: bool = False, norm_eps: float = 1e-6, caption_channels: int | None = None,
+                 interpolation_scale_h: float = 1.0, interpolation_scale_w: float = 1.0,
+                 interpolation_scale_t: float = 1.0, sparse1d: bool = False, sparse_n: int = 2):
         super().__init__()
-        if not isinstance(config, OpenSoraConfig):
-            config = OpenSoraConfig.from_dict(config)
-        self.config = config
-        self.out_channels = config.output_channels
+        kwargs = dict(locals())
+        self.config = SimpleNamespace(**{k: kwargs[k] for k in _config_names(type(self))})
+        for key in ("in_channels", "patch_size", "patch_size_t", "caption_channels"):
+            if kwargs[key] is None:
+                raise ValueError(f"OpenSoraT2V_v1_3: {key} must be given (upstream's default None cannot run)")
+        if num_layers > 2 and (sparse_n not in (1, 4) or (sparse_n != 1 and not sparse1d)):
+            raise ValueError(f"OpenSoraT2V_v1_3: sparse_n={sparse_n!r} with sparse1d={sparse1d} cannot run: upstream "
+                             f"prepares Skiparse masks only for sparse_n in (1, 4) and hands blocks 2..29 the "
+                             f"sparse_n ones")
+        self.out_channels = in_channels if out_channels is None else out_channels
+        self.config.hidden_size = num_attention_heads * attention_head_dim
         self._init_patched_inputs()
         self.set_train(False)
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], **overrides) -> "OpenSoraT2V_v1_3":
+        """Build from an upstream-style config dict (keys that are not constructor arguments are ignored)."""
+        if not isinstance(config, Mapping):
+            raise TypeError(f"OpenSoraT2V_v1_3.from_config: expected a config dict, got {type(config).__name__}")
+        kwargs = {k: v for k, v in config.items() if k in _config_names(cls)}
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
     def _init_patched_inputs(self):
         c = self.config
+        c.sample_size = (c.sample_size_h, c.sample_size_w)
         interpolation_scale_thw = (c.interpolation_scale_t, c.interpolation_scale_h, c.interpolation_scale_w)
         self.caption_projection = PixArtAlphaTextProjection(in_features=c.caption_channels, hidden_size=c.hidden_size)
         self.pos_embed = PatchEmbed2D(patch_size=c.patch_size, in_channels=c.in_channels, embed_dim=c.hidden_size)
@@ -900,160 +590,106 @@ class OpenSoraT2V_v1_3(Cell):
                 double_self_attention=c.double_self_attention, upcast_attention=c.upcast_attention,
                 norm_elementwise_affine=c.norm_elementwise_affine, norm_eps=c.norm_eps,
                 interpolation_scale_thw=interpolation_scale_thw,
-                sparse1d=c.sparse1d if FIRST_SPARSE_BLOCK <= i < FIRST_DENSE_TAIL_BLOCK else False,
+                sparse1d=c.sparse1d if i > 1 and i < 30 else False,
                 sparse_n=c.sparse_n, sparse_group=i % 2 == 1)
             for i in range(c.num_layers)
         ])
         self.norm_out = LayerNorm(c.hidden_size, elementwise_affine=False, eps=1e-6)
         self.scale_shift_table = Parameter(initializer(Normal(sigma=c.hidden_size ** -0.5), (2, c.hidden_size),
                                                        ms.float32))
-        self.proj_out = Linear(c.hidden_size, c.patch_out_features)
+        self.proj_out = Linear(c.hidden_size, c.patch_size_t * c.patch_size * c.patch_size * self.out_channels)
         self.adaln_single = AdaLayerNormSingle(c.hidden_size)
 
     @property
     def dtype(self):
-        """Activation dtype MindSpore computes in (float32 under bf16 emulation)."""
-        return self.numerics.dtype
-
-    def set_precision(self, precision: str, device: str = "CPU") -> "OpenSoraT2V_v1_3":
-        set_precision(self, precision, device)
-        return self
+        """The parameter dtype (that of the first parameter, like diffusers' ModelMixin)."""
+        return next(self.get_parameters()).dtype
 
     # ---- forward -----------------------------------------------------------------------------------------------
     def construct(self, hidden_states, timestep, encoder_hidden_states, attention_mask, encoder_attention_mask):
-        r = self.numerics
         c = self.config
         batch_size, _, frame, _, _ = hidden_states.shape
         if attention_mask is None or attention_mask.ndim != 4:
-            raise ParityError("OpenSoraT2V_v1_3: attention_mask must be given as (B, T, H, W) with 1 = valid latent "
-                              "pixel (upstream crashes without it)")
+            raise ValueError("OpenSoraT2V_v1_3: attention_mask must be given as (B, T, H, W) with 1 = valid latent "
+                             "pixel (upstream crashes without it)")
         if encoder_attention_mask is None or encoder_attention_mask.ndim != 3:
-            raise ParityError("OpenSoraT2V_v1_3: encoder_attention_mask must be (B, 1, L) with 0/1 (upstream passes a "
-                              "2-D mask through unconverted)")
-        # masks -> additive biases in the activation dtype: (B, 1, T'H'W') and (B, 1, L)
-        attention_mask = r(attention_mask.astype(self.dtype))[:, None]                       # b 1 t h w
+            raise ValueError("OpenSoraT2V_v1_3: encoder_attention_mask must be (B, 1, L) with 0/1 (upstream passes a "
+                             "2-D mask through unconverted)")
+        # masks -> additive biases in the model dtype: (1 = keep, 0 = discard) -> (keep = +0, discard = -10000.0);
+        # a video patch is valid if any of its latent pixels is (max-pooled in float32: the values are the dtype's)
+        attention_mask = attention_mask.astype(self.dtype).astype(ms.float32)[:, None]      # b 1 t h w
         kernel = (c.patch_size_t, c.patch_size, c.patch_size)
         attention_mask = ops.max_pool3d(attention_mask, kernel_size=kernel, stride=kernel)
         attention_mask = attention_mask.reshape(batch_size, 1, -1)                          # (b 1) 1 (t h w)
-        attention_mask = r((1 - (attention_mask != 0).astype(self.dtype)) * MASK_BIAS)
-        encoder_attention_mask = r(r(1 - r(encoder_attention_mask.astype(self.dtype))) * MASK_BIAS)
+        attention_mask = mask_to_bias(attention_mask != 0, self.dtype)
+        encoder_attention_mask = mask_to_bias(encoder_attention_mask, self.dtype)          # b 1 l
 
         # 1. Input
-        frame = ((frame - 1) // c.patch_size_t + 1) if frame % 2 == 1 else frame // c.patch_size_t
+        frame = ((frame - 1) // c.patch_size_t + 1) if frame % 2 == 1 else frame // c.patch_size_t  # patchfy
         height, width = hidden_states.shape[-2] // c.patch_size, hidden_states.shape[-1] // c.patch_size
         hidden_states, encoder_hidden_states, timestep, embedded_timestep = self._operate_on_patched_inputs(
             hidden_states, encoder_hidden_states, timestep, batch_size, frame)
-        if hidden_states.size > STREAM_BLOCK_ELEMENTS:  # real sizes: it stays alive through every block
-            encoder_hidden_states = outside_pool(encoder_hidden_states)
 
         sparse_mask = {}
-        for sparse_n in SPARSE_NS:
+        for sparse_n in [1, 4]:
             sparse_mask[sparse_n] = Attention.prepare_sparse_mask(attention_mask, encoder_attention_mask, sparse_n,
-                                                                  c.num_attention_heads,
-                                                                  pad_value=r.scalar(SPARSE_PAD_BIAS))
+                                                                  c.num_attention_heads)
         # 2. Blocks
-        hidden_states = self.run_blocks(hidden_states, encoder_hidden_states, timestep, sparse_mask, frame, height,
-                                        width, 0, len(self.transformer_blocks))
-        # 3. Output
-        output = self._get_output_for_patched_inputs(hidden_states=hidden_states, timestep=timestep,
-                                                     embedded_timestep=embedded_timestep, num_frames=frame,
-                                                     height=height, width=width)
-        return (output,)
-
-    def _operate_on_patched_inputs(self, hidden_states, encoder_hidden_states, timestep, batch_size, frame):
-        """-> hidden_states (B, S, D), encoder_hidden_states (B, L, D), timestep (B, 6D), embedded_timestep (B, D)."""
-        hidden_states = self.pos_embed(self.numerics(hidden_states.astype(self.dtype)))
-        timestep, embedded_timestep = self.adaln_single(timestep, None, batch_size=batch_size,
-                                                        hidden_dtype=self.dtype)
-        encoder_hidden_states = self.caption_projection(encoder_hidden_states)   # b 1 l d
-        if encoder_hidden_states.ndim != 4 or encoder_hidden_states.shape[1] != 1:
-            raise ParityError(f"OpenSoraT2V_v1_3: encoder_hidden_states must be (B, 1, L, C), got projected shape "
-                              f"{tuple(encoder_hidden_states.shape)}")
-        encoder_hidden_states = encoder_hidden_states[:, 0]                        # b 1 l d -> (b 1) l d
-        return hidden_states, encoder_hidden_states, timestep, embedded_timestep
-
-    def run_blocks(self, hidden_states, encoder_hidden_states, timestep, sparse_masks, frame, height, width,
-                   start=0, stop=None):
-        """Blocks ``start..stop-1`` on batch-first states; blocks 2..29 take ``sparse_masks[n][group]``, others n=1."""
-        stop = len(self.transformer_blocks) if stop is None else stop
-        for i in range(start, stop):
-            block = self.transformer_blocks[i]
-            processor = block.attn1.processor
-            n = processor.sparse_n if FIRST_SPARSE_BLOCK <= i < FIRST_DENSE_TAIL_BLOCK else 1
-            attention_mask, encoder_attention_mask = sparse_masks[n][processor.sparse_group]
+        for i, block in enumerate(self.transformer_blocks):
+            if i > 1 and i < 30:
+                attention_mask, encoder_attention_mask = sparse_mask[block.attn1.processor.sparse_n][
+                    block.attn1.processor.sparse_group]
+            else:
+                attention_mask, encoder_attention_mask = sparse_mask[1][block.attn1.processor.sparse_group]
             hidden_states = block(hidden_states, attention_mask=attention_mask,
                                   encoder_hidden_states=encoder_hidden_states,
                                   encoder_attention_mask=encoder_attention_mask, timestep=timestep, frame=frame,
                                   height=height, width=width)
-        return hidden_states
+
+        # 3. Output
+        output = self._get_output_for_patched_inputs(hidden_states=hidden_states, timestep=timestep,
+                                                     embedded_timestep=embedded_timestep, num_frames=frame,
+                                                     height=height, width=width)  # b c t h w
+        return (output,)
+
+    def _operate_on_patched_inputs(self, hidden_states, encoder_hidden_states, timestep, batch_size, frame):
+        """-> hidden_states (B, S, D), encoder_hidden_states (B, L, D), timestep (B, 6D), embedded_timestep (B, D)."""
+        hidden_states = self.pos_embed(hidden_states.astype(self.dtype))
+        timestep, embedded_timestep = self.adaln_single(timestep, None, batch_size=batch_size,
+                                                        hidden_dtype=self.dtype)  # b 6d, b d
+        encoder_hidden_states = self.caption_projection(encoder_hidden_states)   # b 1 l d
+        if encoder_hidden_states.ndim != 4 or encoder_hidden_states.shape[1] != 1:
+            raise ValueError(f"OpenSoraT2V_v1_3: encoder_hidden_states must be (B, 1, L, C), got projected shape "
+                             f"{tuple(encoder_hidden_states.shape)}")
+        encoder_hidden_states = encoder_hidden_states[:, 0]                        # b 1 l d -> (b 1) l d
+        return hidden_states, encoder_hidden_states, timestep, embedded_timestep
 
     def _get_output_for_patched_inputs(self, hidden_states, timestep, embedded_timestep, num_frames, height, width):
-        r = self.numerics
+        modulation = ops.chunk(self.scale_shift_table[None] + embedded_timestep[:, None], 2, axis=1)
+        shift, scale = (self.kernels.expand_as(m, hidden_states) for m in modulation)
+        hidden_states = self.norm_out(hidden_states)
+        # Modulation
+        hidden_states = hidden_states * (1 + scale) + shift
+        hidden_states = self.proj_out(hidden_states)
+        return self._unpatchify(hidden_states, num_frames, height, width)
+
+    def _unpatchify(self, hidden_states, num_frames, height, width):
+        """(B, T'·H'·W', pt·p·p·C) -> (B, C, T'·pt, H'·p, W'·p): 'n t h w o p q c -> n c (t o) (h p) (w q)'."""
         c = self.config
-        shift, scale = ops.chunk(r(self.scale_shift_table[None] + embedded_timestep[:, None]), 2, axis=1)
-        if hidden_states.size > STREAM_BLOCK_ELEMENTS:
-            # real sizes: token chunks (norm, modulation and projection are per token), small output only
-            out = None
-            for s0 in range(0, hidden_states.shape[1], STREAM_CHUNK_TOKENS):
-                x = self.proj_out(modulate(self.norm_out(hidden_states[:, s0:s0 + STREAM_CHUNK_TOKENS]), shift,
-                                           scale, r))
-                if out is None:
-                    out = ops.zeros((hidden_states.shape[0], hidden_states.shape[1], x.shape[-1]), x.dtype)
-                out[:, s0:s0 + STREAM_CHUNK_TOKENS] = x
-            hidden_states = out
-        else:
-            hidden_states = modulate(self.norm_out(hidden_states), shift, scale, r)
-            hidden_states = self.proj_out(hidden_states)
-        # unpatchify: n t h w o p q c -> n c t o h p w q
         pt, p, ch = c.patch_size_t, c.patch_size, self.out_channels
         hidden_states = hidden_states.reshape(-1, num_frames, height, width, pt, p, p, ch)
         hidden_states = hidden_states.transpose(0, 7, 1, 4, 2, 5, 3, 6)
         return hidden_states.reshape(-1, ch, num_frames * pt, height * p, width * p)
 
-    def output_head(self, hidden_states, embedded_timestep, frame, height, width):
-        """Teacher-forcing entry: the output layer on batch-first block output (B, S, D) -> (B, C, T, H, W)."""
-        return self._get_output_for_patched_inputs(hidden_states, None, embedded_timestep, frame, height, width)
+
+def _config_names(cls) -> list[str]:
+    """The constructor's keyword names: upstream's config keys."""
+    return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
 
 
 def OpenSoraT2V_v1_3_2B_122(**kwargs):
     """Upstream factory of the released 2B/122 model (kwargs complete the config, e.g. in_channels=8)."""
-    config = dict(num_layers=32, attention_head_dim=96, num_attention_heads=24, patch_size_t=1, patch_size=2,
-                  caption_channels=4096, cross_attention_dim=2304, activation_fn="gelu-approximate")
-    config.update(kwargs)
-    return OpenSoraT2V_v1_3(config)
-
-
-# ================================================================================================================
-# precision
-# ================================================================================================================
-def set_precision(cell: nn.Cell, precision: str, device: str = "CPU") -> Numerics:
-    """Cast ``cell``'s parameters to ``precision`` and set the numerics of every sub-cell.
-
-    Parameters already holding data are converted (rounded to bf16 values under emulation); lazily initialised
-    ones (``no_init_parameters``) only change dtype.
-    """
-    numerics = numerics_for(precision, device)
-    for _, sub in cell.cells_and_names():
-        if isinstance(sub, Cell):
-            sub.numerics = numerics
-    for _, param in cell.parameters_and_names():
-        if param.has_init:
-            param.set_dtype(numerics.dtype)
-            continue
-        if param.dtype == numerics.dtype and numerics.logical == "float32":
-            continue  # float32 values already: the round trip below would only copy them (3 transient copies)
-        data = param.asnumpy().astype(np.float32) if param.dtype != ms.bfloat16 else \
-            param.astype(ms.float32).asnumpy()
-        if param.dtype != numerics.dtype:
-            param.set_dtype(numerics.dtype)
-        param.set_data(Tensor(numerics.table(data)).astype(numerics.dtype))
-    return numerics
-
-
-def set_attention_backend(cell: nn.Cell, backend: str | None) -> None:
-    """Make every ``Attention`` in ``cell`` use ``backend`` (None: follow ``ms_impl.attention``'s module setting)."""
-    if backend is not None and backend not in attention_seam.BACKENDS:
-        raise ParityError(f"unknown attention backend {backend!r}; use one of {', '.join(attention_seam.BACKENDS)}")
-    for _, sub in cell.cells_and_names():
-        if isinstance(sub, Attention):
-            sub.attention_backend = backend
+    kwargs.pop("skip_connection", None)
+    return OpenSoraT2V_v1_3(num_layers=32, attention_head_dim=96, num_attention_heads=24, patch_size_t=1,
+                            patch_size=2, caption_channels=4096, cross_attention_dim=2304,
+                            activation_fn="gelu-approximate", **kwargs)

@@ -53,8 +53,8 @@ def _setting(pairs: list[tuple[object, str, object]]) -> Iterator[None]:
 class InterleavedRoPE3D(RoPE3D):
     """RoPE pairing element 2i with 2i+1 (GPT-J style) instead of rotate-half's i with i + D₃/2."""
 
-    def get_cos_sin(self, D, seq_len, numerics, interpolation_scale=1):
-        cos, sin = super().get_cos_sin(D, seq_len, numerics, interpolation_scale)
+    def get_cos_sin(self, D, seq_len, dtype, interpolation_scale=1):
+        cos, sin = super().get_cos_sin(D, seq_len, dtype, interpolation_scale)
         half = D // 2
         order = np.stack([np.arange(half), np.arange(half)], axis=1).reshape(-1)  # f0 f0 f1 f1 ...
         return cos[:, order], sin[:, order]
@@ -98,7 +98,6 @@ class _PreNormProcessor:
         return getattr(self.inner, name)
 
     def __call__(self, attn, hidden_states, *args, **kwargs):
-        self.norm.numerics = attn.numerics
         return self.inner(attn, self.norm(hidden_states), *args, **kwargs)
 
 

@@ -3,8 +3,8 @@
 Registered under the entry point group ``parity.subjects``. One glue module per family (``FAMILY_GLUE``) builds
 and runs that family's port: ``build_model(config, weights, precision, device, attention_backend)``,
 ``model_inputs(model, inputs)`` (the forward's keyword tensors), ``run_step(model, step, teacher)`` (isolated mode:
-upstream's own pieces, e.g. ``transformer_blocks[i]``), ``dtype_namer(model)``, and optionally
-``convert_weights``. A port's overlay, where it keeps a probe differently from the reference, is
+upstream's own pieces, e.g. ``transformer_blocks[i]``), ``dtype_namer(model)``, ``machinery_notes(model)`` (what the build switched on: memory machinery, the kernel
+policy; reported in ``describe()["notes"]``), and optionally ``convert_weights``. A port's overlay, where it keeps a probe differently from the reference, is
 ``overlays/<family>.json`` (none: every probe where the family map says). Option ``attention`` picks the attention
 seam's backend: ``portable`` on CPU/GPU, ``ascend`` with ``flash_attention_score``, ``ascend-emulated`` = the
 Ascend branch on CPU with the kernel emulated.
@@ -60,13 +60,16 @@ class MsImpl(MindSporePlugin):
         return precision_label(precision, device)
 
     def build(self, request: BuildRequest):
+        glue = self._glue(request.family)
         if request.family == "mt5_encoder":
             chosen = MT5_SUBSTITUTIONS[request.options.get("mt5-substitutions") or "none"]
-            return self._glue(request.family).build_model(request.config, request.weights, request.precision,
-                                                          substitutions=chosen, device=request.device)
-        return self._glue(request.family).build_model(request.config, request.weights, request.precision,
-                                                      device=request.device,
-                                                      attention_backend=request.options.get("attention"))
+            model = glue.build_model(request.config, request.weights, request.precision, substitutions=chosen,
+                                     device=request.device)
+        else:
+            model = glue.build_model(request.config, request.weights, request.precision, device=request.device,
+                                     attention_backend=request.options.get("attention"))
+        self.notes = getattr(glue, "machinery_notes", lambda _model: [])(model)
+        return model
 
     def forward(self, model, family: str, inputs: dict):
         tensors, _ = self._glue(family).model_inputs(model, inputs)

@@ -344,7 +344,7 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     if dump.stats_only:
         result["comparison"] = "stats-only"
     notes += _missing_reference_notes(dump)
-    notes += [f"subject: {note}" for note in result["subject"].get("notes") or []]   # the plug-in's (describe())
+    notes += [f"{side}: {n}" for side in ("subject", "reference") for n in (result[side].get("notes") or [])]
     if notes:
         result["notes"] = notes
     return result

@@ -158,6 +158,8 @@ def dump_reference(*, out: str, config: dict, inputs: dict, precision: str = "fp
 
         say(f"running the reference {ref.name} ({precision}) with capture")
         run.build(weights_lowp, precision, "CPU", ref_options)
+        if ref.describe().get("notes"):  # what the build switched on (e.g. memory machinery)
+            writer.extra["reference"] = {**described, "notes": ref.describe()["notes"]}
         run.capture(inputs, record("state"))
         run.model = None
         if precision != "fp32" and not stats_only and getattr(fam, "FP32_SHADOW", True):

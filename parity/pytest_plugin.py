@@ -123,9 +123,12 @@ def parity_results(request):
                 write_report(result, os.path.join(report_dir, os.path.basename(dump_dir)))
 
 
-def _result_for(dump_dir: str, config, results: dict) -> dict:
+def session_result(dump_dir: str, config, results: dict):
+    """The in-process comparison of ``dump_dir`` with the session's subject and modes, or the ``ParityError`` it
+    raised: computed once per session and shared by every test that asks (under xdist, by the tests of one
+    ``xdist_group(dump_dir)``, which is how the suite groups a dump's probes)."""
     from parity.compare import CompareOptions, compare_dump
-    from parity.errors import ParityError, ReferenceProblem
+    from parity.errors import ParityError
 
     if dump_dir not in results:
         try:
@@ -133,7 +136,13 @@ def _result_for(dump_dir: str, config, results: dict) -> dict:
                                                                       **_subject_options(config)))
         except ParityError as exc:
             results[dump_dir] = exc
-    result = results[dump_dir]
+    return results[dump_dir]
+
+
+def _result_for(dump_dir: str, config, results: dict) -> dict:
+    from parity.errors import ReferenceProblem
+
+    result = session_result(dump_dir, config, results)
     if isinstance(result, ReferenceProblem):
         # NaN/Inf in the reference itself (STDiT in fp16 overflows, as upstream's README warns): shown, never passed
         pytest.xfail(f"{dump_dir}: {result}")

@@ -88,6 +88,8 @@ def record_subject(reference_path: str, out: str, opts, force: bool = False) -> 
     versions = {"python": platform.python_version(), "numpy": np.__version__, **(described.get("versions") or {})}
     model = run.build(weights, dump.precision, opts.device, plugin_options)
     del weights
+    if plugin.describe().get("notes"):  # what the build switched on (e.g. memory machinery)
+        described["notes"] = plugin.describe()["notes"]
     with DumpWriter(out, family=dump.family, precision=dump.precision, config=dump.config, seeds={},
                     versions=versions, case=dump.case, producer="parity run-subject", force=force,
                     extra=extra) as writer:

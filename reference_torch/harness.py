@@ -27,6 +27,7 @@ from parity.errors import ParityError
 from parity.weights import state_dict_problems
 from parity.families.opensora_v13.config import OpenSoraConfig
 from parity.families.opensora_v13.inputs import normalize_inputs
+from reference_torch import streaming
 from reference_torch.modeling_opensora import OpenSoraT2V_v1_3
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -59,7 +60,7 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
     cfg = _config(config)
     torch.manual_seed(int(seed))
     with torch.device("cpu"):
-        model = OpenSoraT2V_v1_3.from_config(cfg)
+        model = OpenSoraT2V_v1_3.from_config(cfg.to_dict())
     # the arrays take over the parameters' storage (no second copy: the 2.7B model is 11 GB in fp32)
     return {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
@@ -68,7 +69,7 @@ def expected_state_dict_shapes(config: dict) -> dict[str, tuple]:
     """Parameter names and shapes of the model for ``config``, built on the meta device (nothing allocated)."""
     cfg = _config(config)
     with torch.device("meta"):
-        model = OpenSoraT2V_v1_3.from_config(cfg)
+        model = OpenSoraT2V_v1_3.from_config(cfg.to_dict())
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -101,12 +102,29 @@ def build_model(config: dict, weights: dict[str, np.ndarray], precision: str) ->
             arr = np.array(arr, copy=True, order="C")
         state[k] = torch.from_numpy(arr).to(dtype)
     with torch.device("meta"):
-        model = OpenSoraT2V_v1_3.from_config(cfg)
+        model = OpenSoraT2V_v1_3.from_config(cfg.to_dict())
     model.load_state_dict(state, strict=True, assign=True)
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_meta:  # pragma: no cover - strict loading above makes this impossible
             raise ParityError(f"weights: {name} was not loaded; the checkpoint is incomplete")
-    return model.to(device="cpu", dtype=dtype).eval()
+    model = model.to(device="cpu", dtype=dtype).eval()
+    enable_memory_machinery(model)
+    return model
+
+
+def enable_memory_machinery(model: torch.nn.Module) -> None:
+    """The memory machinery every harness-built model runs with (``reference_torch.streaming``): attention in
+    query slices, the feed-forward in token chunks, and token-streamed blocks at real sizes. Values are those of
+    the plain model (tested bit-identical)."""
+    streaming.enable_attention_slicing(model, streaming.ATTENTION_SLICE_SCORES)
+    streaming.enable_feed_forward_chunking(model, streaming.FFN_CHUNK_ELEMENTS)
+    streaming.enable_token_streaming(model, min_elements=streaming.REAL_SIZE_ELEMENTS)
+
+
+def machinery_notes(model: torch.nn.Module) -> list[str]:
+    """What ``enable_memory_machinery`` switched on in ``model``, one line each (for the report's notes)."""
+    return [f"reference_torch.streaming: {line} (bit-identical to the plain model)"
+            for line in streaming.describe(model)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -131,7 +149,7 @@ def model_inputs(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict[
     pipeline would round t=999 to 1000 before the call; we deliberately don't, so low-precision runs differ
     from fp32 only by the model's own arithmetic and the subject can replay the dumped inputs as they are.)
     """
-    tensors = to_torch_inputs(inputs, model.parity_config)
+    tensors = to_torch_inputs(inputs, OpenSoraConfig.from_dict(vars(model.config)))
     dtype = next(model.parameters()).dtype
     tensors["encoder_hidden_states"] = tensors["encoder_hidden_states"].to(dtype)
     return tensors

@@ -3,7 +3,8 @@
 Registered under the entry point group ``parity.references``. One glue module per family builds and runs that
 family's model (``FAMILY_GLUE``): ``build_model(config, weights, precision)``, ``model_inputs(model, inputs)`` (the
 forward's keyword tensors), ``random_weights(config, seed)``, ``FORWARD_OPTIONS`` (extra forward keywords, e.g.
-``return_dict``). Every model keeps upstream's module paths and
+``return_dict``), optionally ``machinery_notes(model)`` (what the build switched on, reported in
+``describe()["notes"]``). Every model keeps upstream's module paths and
 layouts, which is what the family probe maps describe, so there is no overlay.
 """
 
@@ -27,7 +28,10 @@ class TorchReference(TorchPlugin):
         return importlib.import_module(FAMILY_GLUE[family])
 
     def build(self, request: BuildRequest):
-        return self._glue(request.family).build_model(request.config, request.weights, request.precision)
+        glue = self._glue(request.family)
+        model = glue.build_model(request.config, request.weights, request.precision)
+        self.notes = getattr(glue, "machinery_notes", lambda _model: [])(model)
+        return model
 
     def forward(self, model, family: str, inputs: dict):
         import torch

@@ -16,9 +16,9 @@ from mindspore import Tensor  # noqa: E402
 
 import ms_impl.modeling_opensora as M  # noqa: E402
 import reference_torch.modeling_opensora as R  # noqa: E402
-from ms_impl import harness  # noqa: E402
+from ms_impl import cpu_kernels, harness, streaming  # noqa: E402
 from ms_impl.convert import load_into  # noqa: E402
-from ms_impl.precision import numerics_for  # noqa: E402
+from ms_impl.precision import numerics_for, set_precision  # noqa: E402
 from ms_impl.tests.helpers import (FAST, FASTER, family_items, is_bf16_valued, make_inputs, subject_run,  # noqa: E402
                                    tiny_config)
 from parity.adapters import get_adapter  # noqa: E402
@@ -53,7 +53,7 @@ def twin_cells(torch_module, ms_cell, precision):
     """Same weights in both (torch's init), each cast to ``precision`` (bf16 -> emulated on the MindSpore side)."""
     arrays = {k: v.detach().float().numpy().copy() for k, v in torch_module.state_dict().items()}
     load_into(ms_cell, arrays)
-    M.set_precision(ms_cell, _label(precision))
+    set_precision(ms_cell, _label(precision))
     return torch_module.to(TORCH_DTYPES[precision]).eval(), ms_cell
 
 
@@ -62,8 +62,8 @@ def t_in(x: np.ndarray, precision: str):
 
 
 def m_in(x: np.ndarray, precision: str):
-    nx = numerics_for(precision)
-    return nx(Tensor(np.ascontiguousarray(x, dtype=np.float32)).astype(nx.dtype))
+    """``x`` as the MindSpore model holds an activation at ``precision`` (bf16 tensors under bf16 emulation)."""
+    return Tensor(np.ascontiguousarray(x, dtype=np.float32)).astype(numerics_for(precision).activation_dtype)
 
 
 def t_np(x) -> np.ndarray:
@@ -107,7 +107,7 @@ def test_rope3d(t, h, w, b, heads, d, precision, seed):
     x = np.random.default_rng(seed).standard_normal((b, t * h * w, heads, d)).astype(np.float32) * 2
     ref = R.RoPE3D()(t_in(x, precision).transpose(0, 1).contiguous(),
                      R.PositionGetter3D()(b, t, h, w, torch.device("cpu")))
-    got = M.RoPE3D()(m_in(x, precision), M.PositionGetter3D()(b, t, h, w), numerics_for(precision))
+    got = M.RoPE3D()(m_in(x, precision), M.PositionGetter3D()(b, t, h, w))
     assert_twin(m_np(got), t_np(ref.transpose(0, 1)), precision, fp32_atol=1e-6, low_ulps=0.5, what="rope")
 
 
@@ -214,7 +214,7 @@ def test_adaln_single(b, d, ts, precision, seed):
     tm, mm = twin_cells(R.AdaLayerNormSingle(d), M.AdaLayerNormSingle(d), precision)
     with torch.no_grad():
         t6, emb = tm(torch.from_numpy(ts), None, batch_size=b, hidden_dtype=TORCH_DTYPES[precision])
-    g6, gemb = mm(Tensor(ts), None, batch_size=b, hidden_dtype=mm.numerics.dtype)
+    g6, gemb = mm(Tensor(ts), None, batch_size=b, hidden_dtype=mm.numerics.activation_dtype)
     assert_twin(m_np(gemb), t_np(emb), precision, what="embedded timestep")
     assert_twin(m_np(g6), t_np(t6), precision, what="timestep (B, 6D)")
 
@@ -240,13 +240,13 @@ def test_caption_projection_and_ffn(b, length, dc, precision, seed):
 def test_output_head_and_unpatchify(b, t, h, w, pt, precision, seed):
     cfg = tiny_config(num_layers=1, patch_size_t=pt)
     torch.manual_seed(seed)
-    tm, mm = twin_cells(R.OpenSoraT2V_v1_3.from_config(cfg), M.OpenSoraT2V_v1_3(cfg), precision)
+    tm, mm = twin_cells(R.OpenSoraT2V_v1_3.from_config(cfg), M.OpenSoraT2V_v1_3.from_config(cfg), precision)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((b, t * h * w, 48)).astype(np.float32)
     emb = rng.standard_normal((b, 48)).astype(np.float32) * 0.3
     with torch.no_grad():
         ref = tm._get_output_for_patched_inputs(t_in(x, precision), None, t_in(emb, precision), t, h, w)
-    got = mm.output_head(m_in(x, precision), m_in(emb, precision), t, h, w)
+    got = mm._get_output_for_patched_inputs(m_in(x, precision), None, m_in(emb, precision), t, h, w)
     assert got.shape == (b, 8, t * pt, 2 * h, 2 * w)
     assert_twin(m_np(got), t_np(ref), precision, what="output head")
 
@@ -434,17 +434,17 @@ def test_tanh_gelu_matches_torch(monkeypatch, precise):
     (MindSpore's fp32 sigmoid): within 6e-7 of torch (5 ULP of a value near 1; 6.0e-7 measured) and at most 1.5x
     torch's own worst distance from float64 (1.26x measured). ``PRECISE_GELU`` (float64 sigmoid): within one fp32
     ULP of |value| up to 8 (4.8e-7 measured) and closer to float64 on average than MindSpore's ``ops.gelu``."""
-    monkeypatch.setattr(M, "PRECISE_GELU", precise)
+    monkeypatch.setattr(cpu_kernels, "PRECISE_GELU", precise)
     x = np.concatenate([np.linspace(-12, 12, 480_001, dtype=np.float32),
                         np.random.default_rng(0).standard_normal(500_000).astype(np.float32) * 2])
     ref = torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh").numpy()
-    ours = M.gelu(Tensor(x), "tanh").asnumpy()
+    ours = cpu_kernels.CpuKernels().gelu(Tensor(x), "tanh").asnumpy()
     exact = torch.nn.functional.gelu(torch.from_numpy(x).double(), approximate="tanh").numpy()
     if not precise:
         assert np.abs(ours - ref).max() <= 6e-7
         assert np.abs(ours - exact).max() <= 1.5 * np.abs(ref - exact).max()
         return
-    kernel = M.ops.gelu(Tensor(x), approximate="tanh").asnumpy()
+    kernel = ms.ops.gelu(Tensor(x), approximate="tanh").asnumpy()
     assert np.abs(ours - ref).max() <= 4.8e-7
     assert np.abs(ours - exact).mean() <= np.abs(kernel - exact).mean()
 
@@ -452,21 +452,20 @@ def test_tanh_gelu_matches_torch(monkeypatch, precise):
 def test_tanh_gelu_in_row_chunks_is_bit_identical(monkeypatch):
     """Large inputs run in row chunks (bounded temporaries): same bits."""
     x = Tensor(np.random.default_rng(1).standard_normal((2, 37, 64)).astype(np.float32))
-    whole = M.gelu(x, "tanh").asnumpy()
-    monkeypatch.setattr(M, "GELU_CHUNK_ELEMENTS", 64 * 5)
-    np.testing.assert_array_equal(M.gelu(x, "tanh").asnumpy(), whole)
+    whole = cpu_kernels.CpuKernels().gelu(x, "tanh").asnumpy()
+    monkeypatch.setattr(cpu_kernels, "GELU_CHUNK_ELEMENTS", 64 * 5)
+    np.testing.assert_array_equal(cpu_kernels.CpuKernels().gelu(x, "tanh").asnumpy(), whole)
 
 
 @pytest.mark.parametrize("banded", [False, True], ids=["whole", "token-bands"])
 @pytest.mark.parametrize("shape", [(1, 8, 6, 32, 48), (2, 4, 3, 9, 7)])
-def test_patch_embed_reproduces_torch_conv_bit_for_bit(shape, banded, monkeypatch):
-    if banded:  # the real-size path: the patch matmul in bands of STREAM_CHUNK_TOKENS tokens
-        monkeypatch.setattr(M, "STREAM_BLOCK_ELEMENTS", 1)
-        monkeypatch.setattr(M, "STREAM_CHUNK_TOKENS", 5)
+def test_patch_embed_reproduces_torch_conv_bit_for_bit(shape, banded):
     """On CPU the patch embedding is a matmul over channels-last patches, which rounds exactly like torch's conv."""
     torch.manual_seed(0)
     tm, mm = twin_cells(R.PatchEmbed2D(patch_size=2, in_channels=shape[1], embed_dim=96),
                         M.PatchEmbed2D(2, shape[1], 96), "fp32")
+    if banded:  # the real-size path (token streaming): the patch matmul in bands of 5 tokens
+        streaming.install_banded_patch_embed(mm, streaming.TokenStreaming(chunk_tokens=5, host_buffers=True))
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     with torch.no_grad():
         ref = t_np(tm(t_in(x, "fp32")))

@@ -24,14 +24,18 @@ class PluginBase:
 
     def __init__(self, source: str | None = None):
         self.source = source
+        self.notes: list[str] = []  # what the last build switched on (e.g. memory machinery), for reports
 
     def versions(self) -> dict:
         return {}
 
     def describe(self) -> dict:
-        return {"plugin": self.name, "framework": self.framework,
-                "versions": {"python": platform.python_version(), **self.versions()},
-                "source": self.source, "git_commit": checkout_commit(self.source)}
+        described = {"plugin": self.name, "framework": self.framework,
+                     "versions": {"python": platform.python_version(), **self.versions()},
+                     "source": self.source, "git_commit": checkout_commit(self.source)}
+        if self.notes:
+            described["notes"] = list(self.notes)
+        return described
 
     def overlay(self, family: str, config: dict):
         return None

@@ -66,8 +66,9 @@ class ModelPlugin(Protocol):
 
     def describe(self) -> dict:
         """Provenance for manifests and reports: ``{"plugin", "framework", "versions": {...}, "source",
-        "git_commit"}`` (``source``/``git_commit`` when the model comes from a checkout); optional ``notes``, a
-        list of one-line strings (e.g. runtime patches applied) that a comparison report shows as notes."""
+        "git_commit"}`` (``source``/``git_commit`` when the model comes from a checkout), and optionally ``"notes"``:
+        one-line strings on what the plug-in switched on or patched in the model it built (memory machinery,
+        kernel substitutes, runtime patches), which the report shows as its notes."""
 
     def overlay(self, family: str, config: dict):
         """The plug-in's overlay for ``family`` on this ``config`` (a dict, a JSON path or an ``Overlay``; None: it

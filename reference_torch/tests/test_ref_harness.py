@@ -70,7 +70,7 @@ def test_released_2b_state_dict_on_meta_device():
 
 def test_block_sparsity_layout_of_released_model():
     with torch.device("meta"):
-        model = OpenSoraT2V_v1_3.from_config(released_2b_config())
+        model = OpenSoraT2V_v1_3.from_config(released_2b_config().to_dict())
     procs = [b.attn1.processor for b in model.transformer_blocks]
     assert [p.sparse1d for p in procs] == [False, False] + [True] * 28 + [False, False]
     assert [p.sparse_group for p in procs] == [i % 2 == 1 for i in range(32)]
@@ -94,34 +94,34 @@ def test_upstream_style_config_json_with_ema_and_unknown_keys(tmp_path):
     path.write_text(json.dumps(data))
     cfg = load_config(path)
     with torch.device("meta"):
-        model = OpenSoraT2V_v1_3.from_config(cfg)
+        model = OpenSoraT2V_v1_3.from_config(cfg.to_dict())
         model2 = OpenSoraT2V_v1_3.from_config(data)
     assert model.config.sample_size == ([44, 80], [44, 80]) and model.config.hidden_size == 48
     assert list(model.state_dict()) == list(model2.state_dict())
     assert H.expected_state_dict_shapes(data) == H.expected_state_dict_shapes(tiny_config())
 
 
-def test_missing_required_config_keys_are_a_parity_error():
+def test_missing_required_config_keys_are_a_value_error_of_the_model_and_a_parity_error_of_the_harness():
     data = tiny_config()
     del data["caption_channels"], data["patch_size"]
-    with pytest.raises(ParityError, match="caption_channels"):
+    with pytest.raises(ValueError, match="patch_size, caption_channels"):
         OpenSoraT2V_v1_3.from_config(data)
     with pytest.raises(ParityError, match="patch_size"):
         H.expected_state_dict_shapes(data)
 
 
-def test_sparse_n_2_is_a_parity_error_naming_1_and_4():
-    for build in (lambda: OpenSoraT2V_v1_3.from_config(tiny_config(sparse_n=2)),
-                  lambda: OpenSoraT2V_v1_3(**tiny_config(sparse_n=2)),
-                  lambda: H.random_weights(tiny_config(sparse_n=2), 0)):
-        with pytest.raises(ParityError) as exc:
+def test_sparse_n_2_is_refused_naming_1_and_4():
+    for build, error in ((lambda: OpenSoraT2V_v1_3.from_config(tiny_config(sparse_n=2)), ValueError),
+                         (lambda: OpenSoraT2V_v1_3(**tiny_config(sparse_n=2)), ValueError),
+                         (lambda: H.random_weights(tiny_config(sparse_n=2), 0), ParityError)):
+        with pytest.raises(error) as exc:
             build()
         msg = str(exc.value)
         assert "sparse_n" in msg and "1" in msg and "4" in msg and "\n" not in msg
 
 
 def test_from_config_rejects_other_types():
-    with pytest.raises(ParityError, match="OpenSoraConfig"):
+    with pytest.raises(TypeError, match="config dict"):
         OpenSoraT2V_v1_3.from_config(["not", "a", "config"])
 
 

@@ -1,5 +1,5 @@
 """The reference model's pieces against independent formulations: Skiparse == masked dense attention,
-3D RoPE vs an fp64 numpy implementation, patch (un)embedding order, mask preparation, query chunking."""
+3D RoPE vs an fp64 numpy implementation, patch (un)embedding order, mask preparation."""
 
 from __future__ import annotations
 
@@ -266,52 +266,3 @@ def test_timestep_sinusoid_cos_first_shift_zero():
     np.testing.assert_allclose(emb[:, :128], np.cos(args), atol=2e-4)
     np.testing.assert_allclose(emb[:, 128:], np.sin(args), atol=2e-4)
     assert emb[0, 0] == 1.0 and emb[0, 128] == 0.0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# query chunking
-# ---------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shape", [(2, 2, 300, 300, 24), (8, 3, 77, 80, 24), (1, 4, 513, 7, 32),
-                                   (2, 2, 513, 513, 96), (4, 2, 45, 45, 24)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_query_chunked_attention_is_bit_identical(shape, dtype):
-    b, h, sq, sk, d = shape
-    gen = torch.Generator().manual_seed(sq)
-    q = torch.randn(b, sq, h, d, generator=gen).to(dtype).permute(0, 2, 1, 3)  # strided like the processor's
-    k = torch.randn(b, h, sk, d, generator=gen).to(dtype)
-    v = torch.randn(b, h, sk, d, generator=gen).to(dtype)
-    bias = torch.zeros(b, h, 1, sk, dtype=dtype)
-    bias[..., : max(1, sk // 4)] = -10000.0
-    full = M.scaled_dot_product_attention_cpu(q, k, v, bias, max_scores=10 ** 13)
-    for budget in (1, 1000, b * h * sk * 33, b * h * sk * 100):
-        assert torch.equal(M.scaled_dot_product_attention_cpu(q, k, v, bias, max_scores=budget), full), budget
-
-
-def test_query_chunking_bounds_the_score_budget(monkeypatch):
-    calls = []
-    real = M._attention_rows
-
-    def spy(q, k_t, v, mask, root_scale, scores, probs):
-        calls.append(q.shape[0] * q.shape[1] * q.shape[2] * k_t.shape[-1])
-        assert scores.numel() == probs.numel() == calls[-1]
-        return real(q, k_t, v, mask, root_scale, scores, probs)
-
-    monkeypatch.setattr(M, "_attention_rows", spy)
-    q = torch.randn(1, 2, 4000, 24)
-    M.scaled_dot_product_attention_cpu(q, q, q, None, max_scores=2 * 4000 * 500)
-    assert len(calls) == 8 and max(calls) <= 2 * 4000 * 500
-
-
-def test_full_model_with_forced_chunking_is_bit_identical(monkeypatch):
-    from reference_torch import harness as H
-    from reference_torch.tests.helpers import make_inputs, tiny_config
-
-    cfg = tiny_config()
-    model = H.build_model(cfg, H.random_weights(cfg, 0), "fp32")
-    inputs = make_inputs(3, frames=4, height=12, width=10)  # S = 120 -> 30 per Skiparse sub-sequence
-    full = H.forward(model, inputs)
-    monkeypatch.setattr(M, "ATTENTION_CHUNK_SCORES", 3000)
-    chunked = H.forward(model, inputs)
-    np.testing.assert_array_equal(chunked, full)

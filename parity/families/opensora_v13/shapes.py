@@ -40,17 +40,3 @@ def skiparse_allowed(seq_len: int, sparse_n: int, group: bool) -> np.ndarray:
     else:
         cls = i % sparse_n
     return cls[:, None] == cls[None, :]
-
-
-def rope_positions(t: int, h: int, w: int) -> np.ndarray:
-    """(S, 3) integer grid positions (t, h, w) in token order (t-major), like ``torch.cartesian_prod``."""
-    tt, hh, ww = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
-    return np.stack([tt.ravel(), hh.ravel(), ww.ravel()], axis=1)
-
-
-def token_chunks(seq: int, step: int, unit: int):
-    """(start, stop, rows) of the token-streamed paths: chunks of ``step`` tokens (a multiple of ``unit``, the
-    Skiparse sparse_n² group), ``rows`` the chunk's length rounded up to whole units (the padded tail)."""
-    for s0 in range(0, seq, step):
-        s1 = min(seq, s0 + step)
-        yield s0, s1, -(-(s1 - s0) // unit) * unit

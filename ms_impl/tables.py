@@ -1,5 +1,4 @@
-"""Constant tables of ``OpenSoraT2V_v1_3``, computed on the host in numpy (shared by both frameworks' tests
-and the MindSpore model).
+"""Constant tables of the MindSpore ``OpenSoraT2V_v1_3``, computed on the host in numpy.
 
 MindSpore's CPU fp32 ``exp``/``pow`` are up to ~5e-6 relative off torch's, which would put ~1e-3 into the
 timestep sinusoid at t=999. Each table follows upstream's float32 operation chain step by step, every step
