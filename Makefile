@@ -23,7 +23,7 @@ setup: $(STAMP)
 
 # torch is pinned to the CPU wheel (an open range can pull a multi-GB CUDA build); mindspore 2.10 needs numpy<2;
 # numba (the metrics passes' compiled chunk loops, parity/metrics/fused.py) and tqdm (the compare progress bar) are
-# pinned too, for a reproducible install.
+# pinned too, for a reproducible install; pytest 8.4 with xdist 3.8, whose --dist loadgroup pytest 9.2 breaks.
 # Pipeline parity (docs/pipeline.md): mindone 0.5.0 is the MindSpore subject (mindone.transformers' MT5EncoderModel,
 # mindone.diffusers' EulerAncestralDiscreteScheduler) and pins transformers==4.57.1, the torch reference's mT5;
 # diffusers 0.35.1 is the release mindone.diffusers 0.5.0 mirrors and works with that transformers' huggingface_hub.
@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0" "mindspore==2.10.0" "numpy<2" "numba==0.68.1" "tqdm==4.70.1" \
+	  "pytest==8.4.2" "pytest-xdist==3.8.0" \
 	  "mindone==0.5.0" "transformers==4.57.1" "diffusers==0.35.1"
 	$(BIN)/pip install -q -e ".[dev,pipeline-torch,pipeline-mindspore]"
 	touch $(STAMP)
