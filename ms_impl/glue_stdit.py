@@ -20,12 +20,11 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
-from ms_impl import attention as attention_seam
 from ms_impl.convert import check_tensors
+from ms_impl.glue_common import finish_build
 from ms_impl.harness import setup_context
 from ms_impl.modeling_stdit import STDiT, get_1d_sincos_pos_embed, get_2d_sincos_pos_embed, set_attention_backend, \
     set_precision, text_lengths
-from ms_impl.precision import normalize_device, precision_label
 from parity.capture_ms import tensor_dtype_name, to_numpy
 from parity.families.stdit.config import STDiTConfig
 from parity.families.stdit.inputs import normalize_inputs
@@ -52,14 +51,7 @@ def build_model(config: dict, weights: Mapping[str, np.ndarray], precision: str,
     result = model.load_state_dict({k: Tensor(np.ascontiguousarray(weights[k], np.float32))
                                     for k in expected_shapes(cfg) if k not in DERIVED_BUFFERS}, strict=False)
     assert set(result.missing_keys) == set(DERIVED_BUFFERS) and not result.unexpected_keys, result
-    set_precision(model, precision_label(precision, device), device)
-    backend = (attention_backend or attention_seam.get_backend()
-               or attention_seam.default_backend(normalize_device(device), precision))
-    set_attention_backend(model, backend)
-    model.attention_backend = backend
-    model.parity_config = cfg
-    model.set_train(False)
-    return model
+    return finish_build(model, cfg, precision, device, attention_backend, set_precision, set_attention_backend)
 
 
 def model_inputs(model: STDiT, inputs: Mapping[str, np.ndarray]) -> tuple[dict, dict]:

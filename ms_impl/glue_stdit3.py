@@ -19,11 +19,10 @@ import numpy as np
 from mindspore import Tensor
 from mindspore.nn.utils import no_init_parameters
 
-from ms_impl import attention as attention_seam
 from ms_impl.convert import check_tensors, load_into
 from ms_impl.harness import dtype_namer, setup_context  # noqa: F401 (the plug-in calls dtype_namer)
+from ms_impl.glue_common import finish_build
 from ms_impl.modeling_stdit3 import STDiT3, set_attention_backend, set_precision
-from ms_impl.precision import normalize_device, precision_label
 from parity.capture_ms import to_numpy
 from parity.errors import ParityError
 from parity.families import stdit3 as family
@@ -45,14 +44,7 @@ def build_model(config, weights: Mapping[str, np.ndarray], precision: str, devic
     with no_init_parameters():
         model = STDiT3(cfg.to_dict())
     load_into(model, convert_torch_to_ms(weights, cfg))
-    set_precision(model, precision_label(precision, device), device)
-    backend = (attention_backend or attention_seam.get_backend()
-               or attention_seam.default_backend(normalize_device(device), precision))
-    set_attention_backend(model, backend)
-    model.attention_backend = backend
-    model.parity_config = cfg
-    model.set_train(False)
-    return model
+    return finish_build(model, cfg, precision, device, attention_backend, set_precision, set_attention_backend)
 
 
 def model_inputs(model: STDiT3, inputs: Mapping[str, np.ndarray]) -> tuple[dict, dict]:

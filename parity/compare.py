@@ -35,6 +35,7 @@ from parity.plugins import load_plugin, parse_options
 from parity.plugins.contract import StepNotRun
 from parity.probemap import MODES, PROBE_CLASSES, Probe, capture_items
 from parity.progress import Progress
+from parity.report import SCHEMA as REPORT_SCHEMA
 from parity.runner import ModelRun, capture_run
 from parity.safetensors_io import release_pages
 from parity.stats import SAMPLE_SIZE, check as stats_check, subject_stats
@@ -42,7 +43,6 @@ from parity.store import open_dump
 from parity.tolerances import family_path, load_profiles, relative_passed
 from parity.weights import check_finite, check_shapes
 
-REPORT_SCHEMA = "opensora-parity/report@2"
 REFERENCE_MASK_CONVENTION = "bias"   # the reference's masks are the model's additive biases
 
 

@@ -6,11 +6,23 @@ float32 arrays whose values are representable in bf16 (computation).
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from parity.errors import ParityError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def is_int(v) -> bool:
+    """A Python or numpy integer, not a bool (JSON and config values: ``True`` is not a count)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def is_number(v) -> bool:
+    """A Python or numpy real number, not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 # precision -> dtype name of the tensors a run at that precision produces
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}

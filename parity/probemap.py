@@ -26,11 +26,7 @@ from parity.adapters import MASK_CONVENTIONS, check_adapter
 from parity.errors import ParityError
 
 FAMILIES_DIR = os.path.join(os.path.dirname(__file__), "families")
-PROBE_CLASSES = ("input", "mask", "embedding", "block", "output")
-# classes of the pipeline family's step records (parity/families/pipeline): latents, the scaled model input, the
-# timestep, the denoiser's predictions and the guided prediction
-PIPELINE_CLASSES = ("latents", "scaled_input", "timestep", "prediction", "guided")
-ALL_PROBE_CLASSES = PROBE_CLASSES + PIPELINE_CLASSES
+PROBE_CLASSES = ("input", "mask", "embedding", "block", "output")   # a family may declare its own PROBE_CLASSES
 MODES = ("isolated", "accumulated")   # comparison modes (see parity.compare)
 MAP_VERSION = 2
 OVERLAY_VERSION = 1
@@ -237,6 +233,9 @@ def load_probe_map(family: str, path: str | None = None) -> ProbeMap:
             or set(data) - _MAP_KEYS):
         raise ParityError(f"{path}: not a version-{MAP_VERSION} probe map (keys {sorted(_MAP_KEYS)}, 'version': "
                           f"{MAP_VERSION} and a 'probes' list)")
+    from parity.families import get_family
+
+    classes = getattr(get_family(family, source=path), "PROBE_CLASSES", PROBE_CLASSES)
     templates, seen = [], set()
     for k, entry in enumerate(data["probes"]):
         where_txt = f"{path}: probes[{k}]"
@@ -246,8 +245,8 @@ def load_probe_map(family: str, path: str | None = None) -> ProbeMap:
         if not isinstance(name, str) or not name or name in seen:
             raise ParityError(f"{where_txt}: missing or duplicate probe name {name!r}")
         seen.add(name)
-        if entry.get("class") not in ALL_PROBE_CLASSES:
-            raise ParityError(f"{where_txt} ({name}): class must be one of {ALL_PROBE_CLASSES}")
+        if entry.get("class") not in classes:
+            raise ParityError(f"{where_txt} ({name}): class must be one of {classes}")
         capture = CaptureSpec.parse(entry.get("capture"), f"{where_txt} ({name})")
         templates.append(_Template(name, entry["class"], str(entry.get("path", capture.module or "(root)")), capture))
     return ProbeMap(str(data.get("family", family)), path, tuple(templates))

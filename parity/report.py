@@ -66,6 +66,7 @@ from typing import Any, Iterable
 
 from parity.errors import ParityError, shown
 from parity.metrics import format_cosine, format_number
+from parity.dtypes import is_int, is_number
 
 SCHEMA = "opensora-parity/report@2"
 _UPGRADABLE = {"opensora-parity/report@1": {"torch_path": "reference_path", "ms_path": "subject_path"}}
@@ -181,44 +182,20 @@ def _validate(result: Any, label: str) -> dict:
                 raise ParityError(f"{label}: probes[{i}] needs {key!r} ({typ.__name__})")
         for key in PROBE_NUM_KEYS:
             v = p.get(key)
-            if v is not None and not _is_number(_num(v)):
+            if v is not None and not is_number(_num(v)):
                 raise ParityError(f"{label}: probes[{i}] ({p['name']}) {key!r} must be a number or null, "
                                   f"got {v!r}")
     for i, b in enumerate(result["blocks"]):
-        if not isinstance(b, dict) or not _is_int(b.get("block")):
+        if not isinstance(b, dict) or not is_int(b.get("block")):
             raise ParityError(f"{label}: blocks[{i}] must be an object with an integer 'block'")
         for key in BLOCK_NUM_KEYS:
             v = b.get(key)
-            if v is not None and not _is_number(_num(v)):
+            if v is not None and not is_number(_num(v)):
                 raise ParityError(f"{label}: blocks[{i}] {key!r} must be a number or null, got {v!r}")
     fd = result.get("first_divergence")
     if fd is not None and not (isinstance(fd, dict) and isinstance(fd.get("probe"), str)):
         raise ParityError(f"{label}: first_divergence must be null or an object with a 'probe'")
     return result
-
-
-def _is_number(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, (int, float)):
-        return True
-    try:
-        import numpy as np
-        return isinstance(v, (np.integer, np.floating))
-    except ImportError:  # pragma: no cover
-        return False
-
-
-def _is_int(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, int):
-        return True
-    try:
-        import numpy as np
-        return isinstance(v, np.integer)
-    except ImportError:  # pragma: no cover
-        return False
 
 
 def load_result(path: str | Path) -> dict:
@@ -376,7 +353,7 @@ def render_markdown(result: dict, *, png_name: str | None = PNG_NAME) -> str:
 def _block_positions(rows: list) -> list[tuple[float, dict]]:
     """x position of each block row: its block index, spread within the index when a block index has several
     kinds of block (STDiT3: spatial at i, temporal at i + 0.5)."""
-    rows = [b for b in rows if _is_int(b.get("block"))]
+    rows = [b for b in rows if is_int(b.get("block"))]
     per_block: dict[int, list] = {}
     for b in rows:
         per_block.setdefault(int(b["block"]), []).append(b)
@@ -451,7 +428,7 @@ def png_bytes(result: dict) -> bytes:
         style = {"isolated": ("tab:blue", "o", "-"), "accumulated": ("tab:orange", "s", "-")}
         x_of = {b.get("probe", b["block"]): x for x, b in blocks}
         failing = {(p.get("mode"), x_of.get(p.get("name"), p.get("block"))) for p in result.get("probes", [])
-                   if not p.get("passed") and _is_int(p.get("block"))}
+                   if not p.get("passed") and is_int(p.get("block"))}
         for mode, pts in series.items():
             color, marker, ls = style[mode]
             xs = [x for x, _ in pts]
@@ -676,7 +653,7 @@ def apply_baseline(result: dict, baseline: dict[tuple[str, str], float], factor:
     (never True again if it was False); ``first_divergence``, if null, becomes the first failing probe.
     The dict is updated IN PLACE and also returned.
     """
-    if not _is_number(factor) or not (0 < float(factor) < math.inf):
+    if not is_number(factor) or not (0 < float(factor) < math.inf):
         raise ParityError(f"baseline factor must be a finite number > 0, got {factor!r}")
     factor = float(factor)
     probes = result.get("probes")

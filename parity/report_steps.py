@@ -9,7 +9,7 @@ from typing import Any
 from parity.metrics import format_number
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-MODES = ("isolated", "accumulated")
+from parity.probemap import MODES  # noqa: E402
 
 
 def _v(x: Any) -> float | None:

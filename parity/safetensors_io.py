@@ -31,6 +31,7 @@ from parity import dtypes as _dt
 from parity.errors import ParityError, shown as _short
 from parity.jsonio import parse_json
 from parity.store import fsio
+from parity.dtypes import is_int
 
 # safetensors code <-> project dtype name; list order is the safetensors dtype order (ascending),
 # which decides tensor order in the file (descending dtype, then name).
@@ -59,10 +60,6 @@ _CHUNK = 8 * 1024 * 1024
 
 def _err(path, what: str, fix: str = "re-export the weights with 'parity dump' or safetensors") -> ParityError:
     return ParityError(f"{os.fspath(path)}: {what}; {fix}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _open(path) -> tuple[int, os.stat_result]:
@@ -102,9 +99,9 @@ def _parse_fd(fd: int, size: int, path):
         code, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(code, str) or code not in CODE_TO_DTYPE:
             raise _err(path, f"tensor {_short(name)}: unsupported dtype {_short(code)}")
-        if not isinstance(shape, list) or len(shape) > 64 or not all(_is_int(d) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or len(shape) > 64 or not all(is_int(d) and d >= 0 for d in shape):
             raise _err(path, f"tensor {_short(name)}: invalid shape {_short(shape)}")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)):
+        if not (isinstance(offs, list) and len(offs) == 2 and all(is_int(o) for o in offs)):
             raise _err(path, f"tensor {_short(name)}: invalid data_offsets {_short(offs)}")
         begin, end = offs
         if not 0 <= begin <= end <= data_len:

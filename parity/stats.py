@@ -37,6 +37,7 @@ import numpy as np
 
 from parity import dtypes as _dt
 from parity.errors import ParityError
+from parity.dtypes import is_int, is_number
 
 CHUNK = 1 << 20
 SAMPLE_SIZE = 512
@@ -163,13 +164,13 @@ def entry_problems(e) -> list[str]:
         return ["must be an object"]
     out = []
     shape = e.get("shape")
-    shape_ok = isinstance(shape, list) and len(shape) <= 64 and all(_is_int(s) and s >= 0 for s in shape)
+    shape_ok = isinstance(shape, list) and len(shape) <= 64 and all(is_int(s) and s >= 0 for s in shape)
     if not shape_ok:
         out.append("shape must be a list of non-negative integers")
     if not _dt.is_dtype_name(e.get("dtype")):
         out.append(f"dtype {str(e.get('dtype'))[:40]!r} is not a known dtype")
     n = e.get("n")
-    if not (_is_int(n) and n >= 0):
+    if not (is_int(n) and n >= 0):
         out.append("n must be a non-negative integer")
     elif shape_ok and math.prod(shape) != n:
         out.append(f"n {n} does not match shape {shape}")
@@ -177,7 +178,7 @@ def entry_problems(e) -> list[str]:
     if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
         out.append("sha256 must be a 64-digit lowercase hex string or null")
     for k in ("nan", "inf"):
-        if not (_is_int(e.get(k)) and 0 <= e[k] <= (n if _is_int(n) else 0)):
+        if not (is_int(e.get(k)) and 0 <= e[k] <= (n if is_int(n) else 0)):
             out.append(f"{k} must be an integer count between 0 and n")
     for k in STAT_KEYS:
         v = e.get(k)
@@ -192,7 +193,7 @@ def entry_problems(e) -> list[str]:
         idx, val = s["index"], s["value"]
         if len(idx) != len(val) or len(idx) > 1 << 16:
             out.append("sample index and value lists must have the same (bounded) length")
-        elif not all(_is_int(i) and 0 <= i < (n if _is_int(n) else 0) for i in idx):
+        elif not all(is_int(i) and 0 <= i < (n if is_int(n) else 0) for i in idx):
             out.append("sample indices must be integers in [0, n)")
         elif any(b <= a for a, b in zip(idx, idx[1:])):
             out.append("sample indices must be strictly increasing")
@@ -201,17 +202,9 @@ def entry_problems(e) -> list[str]:
     return out
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _finite(v) -> bool:
     """A JSON number that converts to a finite float (int/float comparison is exact, never overflows)."""
-    return _is_num(v) and abs(v) < 1.7e308
+    return is_number(v) and abs(v) < 1.7e308
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from parity.families.stdit.statedict import DERIVED_BUFFERS, expected_shapes, ra
 from parity.weights import state_dict_problems
 from reference_torch.modeling_stdit import STDiT
 
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from reference_torch.dtypes import PRECISION_DTYPES  # noqa: E402
 FORWARD_OPTIONS: dict = {}   # STDiT's forward returns the tensor itself (no return_dict)
 
 

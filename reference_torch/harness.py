@@ -30,7 +30,7 @@ from parity.families.opensora_v13.inputs import normalize_inputs
 from reference_torch import streaming
 from reference_torch.modeling_opensora import OpenSoraT2V_v1_3
 
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from reference_torch.dtypes import PRECISION_DTYPES  # noqa: E402
 FORWARD_OPTIONS = {"return_dict": False}   # the plug-in's forward keywords besides the inputs
 
 # expected rank(s) of each input; the first of two ranks is the one the model takes

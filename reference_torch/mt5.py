@@ -27,7 +27,7 @@ from parity.families.mt5_encoder.config import MT5EncoderConfig
 from parity.families.mt5_encoder.statedict import SEQ2SEQ_ONLY_PREFIXES
 from parity.teacher import TeacherStep
 
-PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from reference_torch.dtypes import PRECISION_DTYPES  # noqa: E402
 FORWARD_OPTIONS = {"return_dict": False}   # transformers models return a tuple with it
 
 

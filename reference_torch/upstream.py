@@ -52,7 +52,6 @@ UPSTREAM_MODULE = "opensora.models.diffusion.opensora_v1_3.modeling_opensora"
 UPSTREAM_CLASS = "OpenSoraT2V_v1_3"
 UPSTREAM_FILE = os.path.join("opensora", "models", "diffusion", "opensora_v1_3", "modeling_opensora.py")
 PINNED = {"diffusers": "0.30.2", "huggingface_hub": "0.24.6"}
-PRECISION_DTYPES = ("fp32", "bf16", "fp16")
 SHIMS = (
     {"shim": "opensora.models: empty package (the checkout's directory as its path)", "active": "while importing",
      "why": "its __init__ imports the VAE wrappers (torchvision, ...)"},
@@ -204,9 +203,11 @@ class UpstreamReference(TorchPlugin):
     def build(self, request: BuildRequest):
         import torch
 
+        from reference_torch.dtypes import PRECISION_DTYPES
+
         if request.precision not in PRECISION_DTYPES:
             raise ParityError(f"unknown precision {request.precision!r}; use one of {', '.join(PRECISION_DTYPES)}")
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[request.precision]
+        dtype = PRECISION_DTYPES[request.precision]
         with torch.device("meta"):
             model = self._from_config(request.family, request.config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

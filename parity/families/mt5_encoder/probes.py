@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 
 INPUT_NAMES = ("input_ids", "attention_mask")
-PROBE_CLASSES = ("input", "mask", "embedding", "block", "output")
+from parity.probemap import PROBE_CLASSES  # noqa: E402,F401 (the harness's classes; re-exported for the family)
 
 _BLOCK_RE = re.compile(r"^hidden_states_(\d+)_block$")
 

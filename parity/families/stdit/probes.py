@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 INPUT_NAMES = ("x", "timestep", "y", "mask")
-PROBE_CLASSES = ("input", "mask", "embedding", "block", "output")
+from parity.probemap import PROBE_CLASSES  # noqa: E402,F401 (the harness's classes; re-exported for the family)
 
 PATCH_EMBED = "hidden_states_patch_embed"          # x_embedder(x)
 POS_EMBED = "hidden_states_pos_embed"              # + pos_embed: the input of block 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from parity.errors import ParityError
+from parity.dtypes import is_int, is_number
 
 FAMILY = "stdit3"
 MODEL_TYPE = "STDiT3"
@@ -36,14 +37,6 @@ RELEASED = dict(  # hpcai-tech/OpenSora-STDiT-v3 config.json (upload commit 31db
     mlp_ratio=4.0, model_max_length=300, model_type="STDiT3", num_heads=16, only_train_temporal=False,
     patch_size=[1, 2, 2], pred_sigma=True, qk_norm=True, skip_y_embedder=False, torch_dtype="float32",
     transformers_version="4.36.2")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -134,9 +127,9 @@ class STDiT3Config:
                       caption_channels=MAX_CHANNELS, model_max_length=MAX_CHANNELS)
         for key, hi in bounds.items():
             val = getattr(self, key)
-            need(_is_int(val) and 0 < val <= hi, f"'{key}' must be an integer in 1..{hi}, got {val!r}")
+            need(is_int(val) and 0 < val <= hi, f"'{key}' must be an integer in 1..{hi}, got {val!r}")
         need(isinstance(self.patch_size, tuple) and len(self.patch_size) == 3
-             and all(_is_int(p) and 0 < p <= MAX_PATCH for p in self.patch_size),
+             and all(is_int(p) and 0 < p <= MAX_PATCH for p in self.patch_size),
              f"'patch_size' must be three integers in 1..{MAX_PATCH} (t, h, w), got {self.patch_size!r}")
         need(self.hidden_size % self.num_heads == 0,
              f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
@@ -145,21 +138,21 @@ class STDiT3Config:
              f"rotary_embedding_torch divides by head_dim - 2)")
         need(self.hidden_size % 4 == 0,
              f"hidden_size {self.hidden_size} must be divisible by 4 (PositionEmbedding2D: sin/cos of two axes)")
-        need(_is_number(self.mlp_ratio) and 0 < self.mlp_ratio <= 64 and self.mlp_hidden >= 1,
+        need(is_number(self.mlp_ratio) and 0 < self.mlp_ratio <= 64 and self.mlp_hidden >= 1,
              f"'mlp_ratio' must be a number in (0, 64] giving at least one hidden unit, got {self.mlp_ratio!r}")
-        need(_is_number(self.input_sq_size) and 0 < self.input_sq_size <= 1e6,
+        need(is_number(self.input_sq_size) and 0 < self.input_sq_size <= 1e6,
              f"'input_sq_size' must be a positive number, got {self.input_sq_size!r}")
         need(isinstance(self.input_size, (tuple, type(None))) and (
             self.input_size is None or (len(self.input_size) == 3 and all(
-                v is None or (_is_int(v) and v > 0) for v in self.input_size))),
+                v is None or (is_int(v) and v > 0) for v in self.input_size))),
             f"'input_size' must be three positive integers or nulls, got {self.input_size!r}")
         for key in ("pred_sigma", "qk_norm", "enable_flash_attn", "enable_layernorm_kernel",
                     "enable_sequence_parallelism", "only_train_temporal", "freeze_y_embedder", "skip_y_embedder"):
             val = getattr(self, key)
             need(isinstance(val, bool), f"'{key}' must be true or false, got {val!r}")
-        need(_is_number(self.class_dropout_prob) and 0 <= self.class_dropout_prob <= 1,
+        need(is_number(self.class_dropout_prob) and 0 <= self.class_dropout_prob <= 1,
              f"'class_dropout_prob' must be in [0, 1], got {self.class_dropout_prob!r}")
-        need(_is_number(self.drop_path) and 0 <= self.drop_path < 1,
+        need(is_number(self.drop_path) and 0 <= self.drop_path < 1,
              f"'drop_path' must be in [0, 1), got {self.drop_path!r}")
         need(not self.enable_sequence_parallelism,
              "enable_sequence_parallelism=true is not supported (a multi-device run); set it to false — it "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 INPUT_NAMES = ("x", "timestep", "y", "mask", "x_mask", "fps", "height", "width")
-PROBE_CLASSES = ("input", "mask", "embedding", "block", "output")
+from parity.probemap import PROBE_CLASSES  # noqa: E402,F401 (the harness's classes; re-exported for the family)
 
 CONDITIONING = ("pos_emb", "t_embedding", "fps_embedding", "t", "t_mlp", "t0", "t0_mlp", "y_projected", "y",
                 "y_lens")
