@@ -412,7 +412,7 @@ def _print_result(result: dict, verbose: bool) -> None:
         print(f"first divergence: {fd['probe']} ({fd['mode']}) — reference {fd.get('reference_path', '?')} / "
               f"subject {fd.get('subject_path', '?')}")
     if result.get("steps"):
-        from parity.report_steps import first_failing_lines
+        from parity.report.steps import first_failing_lines
         for line in first_failing_lines(result["steps"]):
             print(line)
     w = max([len(p["name"]) for p in probes] + [5])

@@ -35,7 +35,7 @@ from parity.plugins import load_plugin, parse_options
 from parity.plugins.contract import StepNotRun
 from parity.probemap import MODES, PROBE_CLASSES, Probe, capture_items
 from parity.progress import Progress
-from parity.report import SCHEMA as REPORT_SCHEMA
+from parity.report.schema import SCHEMA as REPORT_SCHEMA, BlockRow, FirstDivergence, ProbeResult
 from parity.runner import ModelRun, capture_run
 from parity.safetensors_io import release_pages
 from parity.stats import SAMPLE_SIZE, check as stats_check, subject_stats
@@ -221,7 +221,7 @@ class _Evaluator:
     def _record(self, mode, probe: Probe, metrics, tol, passed, criterion, message, *, atol=None, rtol=None,
                 lowp=None, shape=None, extra=None):
         m = metrics.to_dict() if metrics is not None else {}
-        entry = {
+        values = {
             "name": probe.name, "mode": mode, "probe_class": probe.probe_class, "block": probe.block,
             "shape": list(m.get("shape", shape or ())),
             **{k: _finite_or_none(m.get(k)) for k in ("max_abs", "mean_abs", "max_rel", "cosine", "rel_fro",
@@ -233,10 +233,10 @@ class _Evaluator:
             "subject_path": probe.subject_path,
         }
         if metrics is not None and not np.isfinite(m.get("max_abs", 0.0)):
-            entry["max_abs"] = None
+            values["max_abs"] = None
         if extra:
-            entry.update(extra)
-        self.results[(mode, probe.name)] = entry
+            values.update(extra)
+        self.results[(mode, probe.name)] = ProbeResult.make(values).to_dict()
         if self.progress is not None:
             self.progress.update(1, f"{mode} {probe.name}")
 
@@ -448,8 +448,7 @@ def first_divergence(probes: list[dict]) -> dict | None:
     for mode in MODES:
         for p in probes:
             if p["mode"] == mode and not p["passed"]:
-                return {"probe": p["name"], "mode": mode, "reference_path": p.get("reference_path", ""),
-                        "subject_path": p.get("subject_path", "")}
+                return FirstDivergence.of(p)
     return None
 
 
@@ -460,8 +459,7 @@ def block_table(probes: list[dict]) -> list[dict]:
     for p in probes:
         if p.get("block") is None:
             continue
-        row = rows.setdefault(p["name"], {"block": p["block"], "probe": p["name"], "isolated_max_abs": None,
-                                          "accumulated_max_abs": None, "growth": None})
+        row = rows.setdefault(p["name"], BlockRow(p["block"], p["name"]).to_dict())
         row[f"{p['mode']}_max_abs"] = p["max_abs"]
     for row in rows.values():
         iso, acc = row["isolated_max_abs"], row["accumulated_max_abs"]
