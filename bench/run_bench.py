@@ -321,7 +321,7 @@ def bench_small(tmp: str, quick: bool) -> dict:
 
     import ms_impl.harness as MH
     import reference_torch.harness as RH
-    from parity.compare import _Evaluator
+    from parity.compare import Evaluator
     from parity.dumping import dump_reference
     from ms_impl.plugin import make_plugin as make_ms_plugin
     from parity.runner import ModelRun
@@ -380,7 +380,7 @@ def bench_small(tmp: str, quick: bool) -> dict:
             harness_s["to_numpy"] += time.perf_counter() - t0
 
     def ms_capture_compare():
-        ev = _Evaluator(dump, run.probes, profiles, dump.precision, context, run.adapters, None)  # shown, as for a report
+        ev = Evaluator(dump, run.probes, profiles, dump.precision, context, run.adapters, None)  # shown, as for a report
 
         def on_probe(n, a, _dt=None):
             t0 = time.perf_counter()

@@ -53,7 +53,7 @@ def is_subject_dump(dump) -> bool:
 def record_subject(reference_path: str, out: str, opts, force: bool = False) -> dict:
     """Run the subject of ``opts`` (``parity.compare.CompareOptions``: subject, its path and options, device,
     modes, probes) on the reference dump and write a subject dump to ``out``; returns a summary."""
-    from parity.compare import _select, resolve_subject
+    from parity.compare import resolve_subject, select_probes
 
     dump = open_dump(reference_path, verify=opts.verify_checksums)
     if is_subject_dump(dump):
@@ -67,7 +67,7 @@ def record_subject(reference_path: str, out: str, opts, force: bool = False) -> 
     plugin, plugin_options = resolve_subject(opts, family=dump.family)
     run = ModelRun(plugin, dump.family, cfg)
     getattr(plugin, "check_device", lambda _d: None)(opts.device)
-    probes = _select(run.probes, dump, reference_path, opts.probes)
+    probes = select_probes(run.probes, dump, reference_path, opts.probes)
     inputs = fam.normalize_inputs(dump.inputs(), cfg, source=os.path.join(reference_path, "inputs"))
     context = run.context(inputs)
     weights = dump.load_weights(mmap=True)

@@ -295,16 +295,18 @@ def test_accumulated_compare_keeps_at_most_one_state_alive(monkeypatch):
     pytest.importorskip("mindspore")
     import parity.compare as C
 
+    import parity.compare.criteria as criteria
+
     seen: list = []
     alive_at_call: list = []
-    real = C.compute_metrics
+    real = criteria.compute_metrics
 
     def spy(ref, sub, **kw):  # (no gc.collect: states hold no cycles, so refcounting frees them at once)
         alive_at_call.append(sum(r() is not None for r in seen))
         seen.extend([weakref.ref(ref), weakref.ref(sub)])
         return real(ref, sub, **kw)
 
-    monkeypatch.setattr(C, "compute_metrics", spy)
+    monkeypatch.setattr(criteria, "compute_metrics", spy)
     result = C.compare_dump(os.path.join(FIXTURES, "tiny-sparse-fp32"),
                             C.CompareOptions(modes=("accumulated",), progress=False))
     assert result["passed"] and len(alive_at_call) == len(result["probes"])
@@ -319,9 +321,11 @@ def test_compare_drops_each_reference_page_set_after_its_probe(monkeypatch):
     pytest.importorskip("mindspore")
     import parity.compare as C
 
+    import parity.compare.criteria as criteria
+
     released: list = []
-    real = C.release_pages
-    monkeypatch.setattr(C, "release_pages", lambda arr: (released.append(os.path.basename(arr.filename)), real(arr)))
+    real = criteria.release_pages
+    monkeypatch.setattr(criteria, "release_pages", lambda arr: (released.append(os.path.basename(arr.filename)), real(arr)))
     result = C.compare_dump(os.path.join(FIXTURES, "tiny-sparse-fp32"),
                             C.CompareOptions(modes=("accumulated",), progress=False))
     assert result["passed"]
@@ -396,7 +400,8 @@ def test_compare_memory_stays_far_below_the_dump_size(tmp_path, monkeypatch):
     C.compare_dump(small, C.CompareOptions(modes=("accumulated",), progress=False, subject=_FakeSubject(small)))
     # the synthetic states do not have the shapes this config implies (the fake subject does not care): skip the
     # family's pre-run checks, which would rightly refuse them
-    monkeypatch.setattr(C.get_family(src.family), "check_run", lambda *a, **k: None)
+    from parity.families import get_family
+    monkeypatch.setattr(get_family(src.family), "check_run", lambda *a, **k: None)
     gc.collect()
     tracemalloc.start()
     try:

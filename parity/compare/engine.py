@@ -27,24 +27,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from parity.adapters import compare_mask_meaning, get_adapter
+from parity.compare.criteria import Evaluator
+from parity.compare.divergence import block_table, first_divergence
 from parity.errors import ParityError, ReferenceProblem
 from parity.families import get_family
-from parity.metrics import compute_metrics, mismatch_message
 from parity.plugins import load_plugin, parse_options
-from parity.plugins.contract import StepNotRun
-from parity.probemap import MODES, PROBE_CLASSES, Probe, capture_items
+from parity.probemap import MODES, PROBE_CLASSES, Probe
 from parity.progress import Progress
-from parity.report.schema import SCHEMA as REPORT_SCHEMA, BlockRow, FirstDivergence, ProbeResult
-from parity.runner import ModelRun, capture_run
-from parity.safetensors_io import release_pages
-from parity.stats import SAMPLE_SIZE, check as stats_check, subject_stats
+from parity.report.schema import SCHEMA as REPORT_SCHEMA
+from parity.runner import ModelRun
+from parity.stats import SAMPLE_SIZE
 from parity.store import open_dump
-from parity.tolerances import family_path, load_profiles, relative_passed
+from parity.tolerances import family_path, load_profiles
 from parity.weights import check_finite, check_shapes
-
-REFERENCE_MASK_CONVENTION = "bias"   # the reference's masks are the model's additive biases
-
 
 @dataclass
 class CompareOptions:
@@ -62,13 +57,6 @@ class CompareOptions:
     shown_metrics: bool = True   # p99_abs and max_rel of passing probes too (a second pass each); else None
     verify_checksums: bool = True
     extra: dict = field(default_factory=dict)
-
-
-def _finite_or_none(x):
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
 
 
 def resolve_subject(opts: CompareOptions, reference_path: str | None = None, family: str | None = None):
@@ -92,156 +80,7 @@ def resolve_subject(opts: CompareOptions, reference_path: str | None = None, fam
     return plugin, options
 
 
-class _Evaluator:
-    """Compares one probe at a time and keeps only the verdict and metrics."""
-
-    def __init__(self, dump, probes: list[Probe], profiles, precision, context, adapters, progress, shown=True,
-                 atol_scale: Callable[[str], float] | None = None):
-        self.dump = dump
-        self.shown = shown
-        self.atol_scale = atol_scale
-        self.probes = {p.name: p for p in probes}
-        self.profiles = profiles
-        self.precision = precision
-        self.context = context
-        self.adapters = adapters
-        self.progress = progress
-        self.results: dict[tuple[str, str], dict] = {}
-        self._lowp_err: dict[str, float] = {}
-
-    def _reference(self, name: str, role: str = "state") -> np.ndarray:
-        # a read-only memmap: nothing of the reference is held in memory beyond the pages being compared.
-        # NaN/Inf in it were ruled out up front (_check_reference_finite), chunk by chunk.
-        return self.dump.state(name, role=role)
-
-    def lowp_error(self, name: str) -> float:
-        if name not in self._lowp_err:
-            ref32, ref = self._reference(name, "state_fp32"), self._reference(name)
-            m = compute_metrics(ref32, ref, atol=0.0, rtol=0.0, name=name, shown=False)
-            release_pages(ref32)
-            release_pages(ref)
-            self._lowp_err[name] = float(m.max_abs)
-        return self._lowp_err[name]
-
-    def __call__(self, mode: str, name: str, array) -> None:
-        probe = self.probes.get(name)
-        if probe is None or (mode, name) in self.results:
-            return
-        view = probe.subject
-        array = np.asarray(array)
-        if view.compare == "meaning":
-            self._meaning_probe(mode, probe, array)
-            return
-        sub = get_adapter(view.adapter, self.adapters).to_reference(array, **self.context)
-        if self.dump.stats_only:
-            self._stats_probe(mode, probe, sub)
-            return
-        ref = self._reference(name)
-        try:
-            self._judge(mode, probe, sub, ref)
-        finally:  # the reference's pages were only needed for this probe: out of RSS again (the file keeps them)
-            release_pages(ref)
-
-    def _judge(self, mode: str, probe: Probe, sub: np.ndarray, ref: np.ndarray) -> None:
-        name = probe.name
-        tol = self.profiles.lookup(self.precision, probe.probe_class, mode)
-        if self.atol_scale is not None:   # a family's units (pipeline latents: model-input units)
-            tol = replace(tol, atol=tol.atol * self.atol_scale(name))
-        use_relative = (tol.relative is not None and mode == "accumulated" and self.dump.has_fp32_states
-                        and probe.probe_class not in ("input", "mask"))
-        if tuple(sub.shape) != tuple(ref.shape):
-            self._record(mode, probe, None, tol, False, "absolute",
-                         f"probe {name} ({mode}): subject shape {tuple(sub.shape)} vs reference {tuple(ref.shape)} "
-                         f"(subject {probe.subject_path}, adapter {probe.subject.adapter})", shape=ref.shape)
-            return
-        lowp = None
-        if use_relative:
-            lowp = self.lowp_error(name)
-            bound = tol.relative.k * lowp + tol.relative.floor
-            ref32 = self._reference(name, "state_fp32")
-            metrics = compute_metrics(ref32, sub, atol=bound, rtol=0.0, name=name, shown=self.shown)
-            finite = metrics.nan_sub == 0 and metrics.inf_sub == 0
-            passed = bool(finite and relative_passed(metrics.max_abs, lowp, tol.relative))
-            if not passed and not self.shown:  # a failing probe is always shown in full
-                metrics = compute_metrics(ref32, sub, atol=bound, rtol=0.0, name=name)
-            release_pages(ref32)
-            atol, rtol, criterion = bound, 0.0, "relative"
-            msg = ("" if passed else
-                   f"probe {name} ({mode}): error vs the torch fp32 run {metrics.max_abs:.3g} exceeds "
-                   f"k={tol.relative.k:g} x torch-{self.precision} error {lowp:.3g} + floor {tol.relative.floor:g} "
-                   f"= {bound:.3g} (profile {self.precision}/{probe.probe_class}/{mode}, relative); "
-                   f"nan={metrics.nan_sub} inf={metrics.inf_sub}")
-        else:
-            metrics = compute_metrics(ref, sub, atol=tol.atol, rtol=tol.rtol, name=name, shown=self.shown)
-            finite = metrics.nan_sub == 0 and metrics.inf_sub == 0
-            passed = bool(finite and metrics.n_outside == 0)
-            if not passed and not self.shown:  # a failing probe is always shown in full
-                metrics = compute_metrics(ref, sub, atol=tol.atol, rtol=tol.rtol, name=name)
-            atol, rtol, criterion = tol.atol, tol.rtol, "absolute"
-            msg = "" if passed else mismatch_message(
-                metrics, context=f"profile {self.precision}/{probe.probe_class}/{mode}",
-                where=f"reference: {probe.reference_path} | subject: {probe.subject_path}")
-        self._record(mode, probe, metrics, tol, passed, criterion, msg, atol=atol, rtol=rtol, lowp=lowp)
-
-    def _meaning_probe(self, mode: str, probe: Probe, sub: np.ndarray) -> None:
-        """A mask in another convention: compared by which keys each query may attend (and padding)."""
-        tol = self.profiles.lookup(self.precision, probe.probe_class, mode)
-        if self.dump.stats_only:
-            self._record(mode, probe, None, tol, False, "meaning",
-                         f"probe {probe.name} ({mode}): a stats-only dump cannot be compared by meaning; re-dump "
-                         f"without --stats-only", shape=())
-            return
-        ref = np.asarray(self._reference(probe.name))
-        v = compare_mask_meaning(ref, sub, REFERENCE_MASK_CONVENTION, probe.subject.convention)
-        release_pages(ref)
-        message = "" if v.passed else (f"probe {probe.name} ({mode}, compared by meaning: {v.checked}): {v.message}"
-                                       f"\nreference: {probe.reference_path} | subject: {probe.subject_path}")
-        extra = {"compared_by": f"meaning: {v.checked}; subject convention {probe.subject.convention!r}",
-                 "frac_outside": (v.n_mismatch / v.n) if v.n else None}
-        self._record(mode, probe, None, tol, v.passed, "meaning", message, shape=ref.shape, extra=extra)
-
-    def _stats_probe(self, mode: str, probe: Probe, sub: np.ndarray) -> None:
-        """Stats-only dump: judge the subject's statistics and sample (parity.stats.check)."""
-        ref = self.dump.stats(probe.name)
-        tol = self.profiles.lookup(self.precision, probe.probe_class, mode)
-        got = subject_stats(sub, ref, where=f"probe {probe.name} (subject)")
-        v = stats_check(ref, got, tol.atol, tol.rtol)
-        msg = "" if v["passed"] else (
-            f"probe {probe.name} ({mode}, stats-only comparison, profile {self.precision}/{probe.probe_class}/{mode} "
-            f"atol={tol.atol:g} rtol={tol.rtol:g}): " + "; ".join(v["failures"][:4])
-            + f"\nreference: {probe.reference_path} | subject: {probe.subject_path}")
-        extra = {"shape": list(ref["shape"]), "max_abs": _finite_or_none(v["sample_max_abs"]),
-                 "nan_ref": int(ref["nan"]), "inf_ref": int(ref["inf"]), "nan_sub": int(got["nan"]),
-                 "inf_sub": int(got["inf"]),
-                 "stats": {"bit_identical": v["bit_identical"], "sample_n": v["sample_n"],
-                           "sample_outside": v["sample_outside"], "worst_statistic": v["worst"],
-                           "worst_ratio": _finite_or_none(v["worst_ratio"])}}
-        self._record(mode, probe, None, tol, v["passed"], "stats", msg, shape=ref["shape"], extra=extra)
-
-    def _record(self, mode, probe: Probe, metrics, tol, passed, criterion, message, *, atol=None, rtol=None,
-                lowp=None, shape=None, extra=None):
-        m = metrics.to_dict() if metrics is not None else {}
-        values = {
-            "name": probe.name, "mode": mode, "probe_class": probe.probe_class, "block": probe.block,
-            "shape": list(m.get("shape", shape or ())),
-            **{k: _finite_or_none(m.get(k)) for k in ("max_abs", "mean_abs", "max_rel", "cosine", "rel_fro",
-                                                      "p99_abs", "frac_outside", "min_passing_atol")},
-            **{k: int(m.get(k, 0)) for k in ("nan_ref", "nan_sub", "inf_ref", "inf_sub")},
-            "atol": float(tol.atol if atol is None else atol), "rtol": float(tol.rtol if rtol is None else rtol),
-            "criterion": criterion, "lowp_ref_max_abs": _finite_or_none(lowp), "baseline_max_abs": None,
-            "passed": bool(passed), "message": message, "reference_path": probe.reference_path,
-            "subject_path": probe.subject_path,
-        }
-        if metrics is not None and not np.isfinite(m.get("max_abs", 0.0)):
-            values["max_abs"] = None
-        if extra:
-            values.update(extra)
-        self.results[(mode, probe.name)] = ProbeResult.make(values).to_dict()
-        if self.progress is not None:
-            self.progress.update(1, f"{mode} {probe.name}")
-
-
-def _select(probes: list[Probe], dump, dump_path: str, patterns) -> list[Probe]:
+def select_probes(probes: list[Probe], dump, dump_path: str, patterns) -> list[Probe]:
     present = set(dump.probes)
     selected = [p for p in probes if p.name in present]
     if patterns:
@@ -278,7 +117,7 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
         opts = replace(opts, device=plugin.device)
     run = ModelRun(plugin, dump.family, cfg)
     getattr(plugin, "check_device", lambda _d: None)(opts.device)
-    probes = _select(run.probes, dump, dump_path, opts.probes)
+    probes = select_probes(run.probes, dump, dump_path, opts.probes)
     profiles = load_profiles(opts.tolerance_file or family_path(dump.family),
                              classes=getattr(fam, "PROBE_CLASSES", PROBE_CLASSES))
     notes = []
@@ -304,7 +143,7 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     progress = Progress(len(produced) * len(opts.modes), f"compare {os.path.basename(os.path.normpath(dump_path))}",
                         enabled=opts.progress)
     scale = getattr(fam, "atol_scale", None)
-    evaluator = _Evaluator(dump, probes, profiles, dump.precision, context, run.adapters, progress,
+    evaluator = Evaluator(dump, probes, profiles, dump.precision, context, run.adapters, progress,
                            shown=opts.shown_metrics,
                            atol_scale=None if scale is None else (lambda name: scale(cfg, name)))
     model = run.build(weights, dump.precision, opts.device, plugin_options)
@@ -348,49 +187,6 @@ def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:
     if notes:
         result["notes"] = notes
     return result
-
-
-def run_isolated(plugin, model, family: str, inputs: dict, probes: list[Probe], views: dict, plan: dict,
-                 context: dict, reference: Callable[[str], np.ndarray], present: set, on_probe,
-                 adapters: dict | None = None) -> list[dict]:
-    """Teacher forcing. Plain probes (inputs, masks, embeddings) come from a forward on the reference inputs;
-    every probe of ``plan`` (the family's ``teacher_plan``, by probe) from the subject's ``run_step`` on the
-    reference's own inputs to it (``reference(name)``, reference layout), each converted to the subject's layout
-    by the subject's adapter for that probe (``views``: probe name -> the subject's ``SideView``). Results go to
-    ``on_probe(name, array)``; returns what could not be evaluated, with the reason."""
-    plain = [p for p in probes if p.name not in plan]
-    items = capture_items(plain, "subject")
-    if items:
-        capture_run(plugin, model, family, inputs, items, lambda n, a, _dt=None: on_probe(n, a), mode="isolated")
-    steps = [plan[p.name] for p in probes if p.name in plan]
-    run_step = getattr(plugin, "run_step", None)
-    if steps and run_step is None:
-        return [{"name": s.probe, "mode": "isolated", "why": f"the subject plug-in {plugin.name} has no run_step "
-                 f"(isolated mode needs it)"} for s in steps]
-    skipped = []
-    for step in steps:
-        missing = list(dict.fromkeys(p for p in step.inputs.values() if p not in present))
-        if missing:
-            what = (f"its teacher input {missing[0]} is" if len(missing) == 1
-                    else f"its teacher inputs {', '.join(missing)} are")
-            skipped.append({"name": step.probe, "mode": "isolated", "why": f"{what} not in the reference dump"})
-            continue
-        teacher = {}
-        for role, source in step.inputs.items():
-            view = views.get(source)
-            if view is None:
-                raise ParityError(f"family {family}: the teacher plan feeds {step.probe} from {source!r}, which is "
-                                  f"not a probe of the family; fix the family's teacher_plan")
-            arr = np.asarray(reference(source), dtype=np.float32)
-            adapter = get_adapter(view.adapter if view.compare == "values" else "identity", adapters)
-            teacher[role] = np.ascontiguousarray(adapter.from_reference(arr, **context), dtype=np.float32)
-        try:
-            out = run_step(model, step, teacher)
-        except StepNotRun as exc:
-            skipped.append({"name": step.probe, "mode": "isolated", "why": str(exc)})
-            continue
-        on_probe(step.probe, out)
-    return skipped
 
 
 def _missing_reference_notes(dump) -> list[str]:
@@ -440,32 +236,6 @@ def _stats_only_modes(dump, dump_path, opts):
         notes.append(f"{dump.precision} stats-only dumps carry no fp32 shadow run: the absolute fallback bounds of the "
                      f"{dump.precision} profile apply instead of the reference-relative criterion")
     return replace(opts, modes=("accumulated",)), notes
-
-
-def first_divergence(probes: list[dict]) -> dict | None:
-    """The first failing probe of isolated mode, else of accumulated mode, in the order given (the engine gives
-    the family's data-flow order)."""
-    for mode in MODES:
-        for p in probes:
-            if p["mode"] == mode and not p["passed"]:
-                return FirstDivergence.of(p)
-    return None
-
-
-def block_table(probes: list[dict]) -> list[dict]:
-    """One row per block probe (per block index, and per kind where a block index has several, e.g. STDiT3's
-    spatial and temporal blocks), in the order given: isolated and accumulated max |Δ| and their ratio."""
-    rows: dict[str, dict] = {}
-    for p in probes:
-        if p.get("block") is None:
-            continue
-        row = rows.setdefault(p["name"], BlockRow(p["block"], p["name"]).to_dict())
-        row[f"{p['mode']}_max_abs"] = p["max_abs"]
-    for row in rows.values():
-        iso, acc = row["isolated_max_abs"], row["accumulated_max_abs"]
-        if iso is not None and acc is not None:
-            row["growth"] = acc / iso if iso > 0 else (None if acc > 0 else 1.0)
-    return sorted(rows.values(), key=lambda r: r["block"])
 
 
 def _assemble(dump, dump_path, opts, plugin, plugin_options, probes, duration, profiles) -> dict:
