@@ -51,6 +51,10 @@ def cmd_dump(args) -> int:
                       if getattr(args, f) is not None]
     if args.pipeline and not args.case:
         return _dump_pipeline(args)
+    if pipeline_flags and args.case:
+        raise ParityError(f"--{pipeline_flags[0].replace('_', '-')}: a built-in case fixes its steps, guidance, "
+                          f"prompts and noise; drop it, or dump your own pipeline with --pipeline --config … "
+                          f"--weights|--seed … --prompts …")
     if pipeline_flags:
         raise ParityError(f"--{pipeline_flags[0].replace('_', '-')} belongs to a pipeline dump; add --pipeline (with "
                           "--config/--weights|--seed/--prompts) or drop it")
@@ -107,6 +111,16 @@ def _dump_pipeline(args) -> int:
     require_file(args.prompts, "prompts file")
     denoiser = load_json_arg(args.config, "config")
     den_family = family_for_config(denoiser, args.family if args.family != "pipeline" else None, args.config)
+    flags = {"num_inference_steps": "--steps", "guidance_scale": "--guidance"}
+    try:
+        get_family("pipeline").parse_config(pipeline_config(den_family, denoiser, steps=args.steps,
+                                                            guidance=args.guidance, source=args.config),
+                                            source="(command line)")
+    except ParityError as exc:   # a value given on the command line is named by its flag, not by the config file
+        text = str(exc)
+        for key, flag in flags.items():
+            if text.startswith(f"(command line): {key}"):
+                raise ParityError(text.replace(f"(command line): {key}", flag, 1)) from None
     config = pipeline_config(den_family, denoiser, steps=args.steps, guidance=args.guidance, source=args.config)
     prompts = load_tensor_file(args.prompts, "prompts")
     cfg = get_family("pipeline").parse_config(config, source=args.config)

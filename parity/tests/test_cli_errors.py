@@ -962,3 +962,24 @@ def test_sigkill_mid_first_dump_leaves_nothing_loadable(world, capsys):
         rc, _, err = run_inproc(capsys, cmd)
         check_error(rc, err, cmd, (cmd[1],))
     assert tree(world) == before
+
+
+@pytest.mark.parametrize("flag, value, needle", [("--guidance", "nan", "--guidance must be a number in [-100, 100]"),
+                                                 ("--guidance", "1e300", "--guidance must be a number"),
+                                                 ("--steps", "0", "--steps must be an integer in [1, 1000]"),
+                                                 ("--steps", "1000000000", "--steps must be an integer")])
+def test_pipeline_flags_out_of_range_are_named_by_flag(tmp_path, capsys, flag, value, needle):
+    from parity.families.pipeline.cases import CASES, DEFAULT_CASE
+
+    case = CASES[DEFAULT_CASE]
+    (tmp_path / "dit.json").write_text(json.dumps(case.denoiser))
+    d = case.denoiser["caption_channels"]
+    np.savez(tmp_path / "prompts.npz", prompt_embeds=np.zeros((1, 4, d), np.float32),
+             negative_prompt_embeds=np.zeros((1, 4, d), np.float32),
+             prompt_attention_mask=np.ones((1, 4), np.int64), negative_prompt_attention_mask=np.ones((1, 4), np.int64))
+    argv = ["dump", "--pipeline", "--config", str(tmp_path / "dit.json"), "--seed", "0", "--prompts",
+            str(tmp_path / "prompts.npz"), "--latent-size", "1", "4", "4", "--steps", "2", f"{flag}={value}",
+            "--out", str(tmp_path / "out")]
+    rc, out, err = run_inproc(capsys, argv)
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

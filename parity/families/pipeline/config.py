@@ -17,6 +17,7 @@ from parity.pipeline.schedule import GUIDANCE_SCALE, SCHEDULER_CONFIG
 
 PIPELINE = "euler_ancestral_cfg"
 MAX_STEPS = 1000
+MAX_GUIDANCE = 100.0   # upstream samples at 7.5; far beyond, the guided prediction overflows fp16
 _KEYS = {"pipeline", "denoiser_family", "denoiser", "num_inference_steps", "guidance_scale", "scheduler"}
 SCHEDULER_CHOICES = {"prediction_type": ("v_prediction", "epsilon"), "timestep_spacing": ("trailing", "leading"),
                      "beta_schedule": ("linear",)}
@@ -65,8 +66,9 @@ class PipelineConfig:
             raise ParityError(f"{source}: num_inference_steps must be an integer in [1, {MAX_STEPS}], got "
                               f"{shown(steps, 40)}")
         g = data.get("guidance_scale", GUIDANCE_SCALE)
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
-            raise ParityError(f"{source}: guidance_scale must be a finite number, got {shown(g, 40)}")
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or abs(g) > MAX_GUIDANCE:
+            raise ParityError(f"{source}: guidance_scale must be a number in [-{MAX_GUIDANCE:g}, {MAX_GUIDANCE:g}], "
+                              f"got {shown(g, 40)}")
         sched = data.get("scheduler", {})
         if not isinstance(sched, Mapping) or set(sched) - set(SCHEDULER_CONFIG):
             raise ParityError(f"{source}: scheduler must be an object with keys from {', '.join(SCHEDULER_CONFIG)}")
