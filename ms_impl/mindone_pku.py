@@ -19,6 +19,9 @@ the checkout's git commit goes into the report. Facts it relies on (mindone v0.5
 On CPU it cannot run as shipped; ``PATCHES`` lists every runtime substitution, why, and when it applies. They
 are installed only inside the plug-in's own calls (import, build, forward, isolated step) and taken out again;
 on Ascend only the import-time ones apply and mindone's flash path runs as it is.
+
+Size: one plug-in file (the contract's worked example): config mapping, labelled runtime patches, overlay and
+teacher-forced steps in mindone's conventions belong together and to nothing else.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ relative off, which would put ~1e-3 into the timestep sinusoid at t=999); RoPE a
 Seams that ``ms_impl.mutants`` swap on a built model (there are no test flags in this file): the FFN's
 ``GELU.approximate``, ``LayerNorm.eps``, ``OpenSoraAttnProcessor.rope`` (``RoPE3D.rotate_half``/``get_cos_sin``),
 the processor's ``sparse_group``, ``Timesteps.flip_sin_to_cos`` and ``Attention.processor``.
+
+Size: one modeling file per family, as upstream and diffusers keep it, so a block's math is found where
+upstream's is.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ computes them in float64 numpy too); the 128 timestep frequencies, because MindS
 ~5e-6 relative off torch's: they follow upstream's float32 chain with one float64 ``exp`` rounded to float32
 (bit-identical to torch's table except 2 of 128 entries, where torch's own ``exp`` is one ULP off). The timestep
 sinusoid itself (cos/sin of fp32 arguments) runs on device: MindSpore's CPU fp32 sin/cos are correctly rounded.
+
+Size: one modeling file per family, as upstream keeps it (``stdit.py`` + the blocks it uses).
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ float64 rounded to the activation dtype). torch's own float32 ``exp`` is an ULP 
 which leaves ~|t|·1e-7 rad in the sinusoid (~2e-6 in t_embedding at t = 900, fp32).
 
 Memory: no token streaming or chunking here yet; attention holds (B·heads, N, N) scores at once.
+
+Size: one modeling file per family, as upstream keeps it (``stdit3.py`` + the blocks it uses).
 """
 
 from __future__ import annotations

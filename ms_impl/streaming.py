@@ -18,6 +18,9 @@
   temporaries and nothing long-lived among them; the defaults below are measured for it.
 
 ``describe(model)`` lists what is switched on (for reports).
+
+Size: the token-streamed block restates the block's whole math in chunks (it must stay bit-identical to it),
+so it cannot be shorter than the block plus its chunk loops.
 """
 
 from __future__ import annotations

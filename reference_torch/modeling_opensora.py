@@ -15,7 +15,10 @@
 # This file is the plain model. Memory machinery for real-size inputs (attention in query slices, the feed-forward
 # in token chunks, token-streamed blocks) lives beside it in ``reference_torch.streaming`` and is switched on
 # explicitly by whoever runs the model.
-"""PyTorch reference model ``OpenSoraT2V_v1_3`` (Open-Sora-Plan v1.3, the 2.7B "2B/122" DiT)."""
+"""PyTorch reference model ``OpenSoraT2V_v1_3`` (Open-Sora-Plan v1.3, the 2.7B "2B/122" DiT).
+
+Size: one modeling file per family, as upstream and diffusers keep it.
+"""
 
 from __future__ import annotations
 

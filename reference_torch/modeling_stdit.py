@@ -20,7 +20,10 @@
 # Layout conventions (as upstream): video latents (B, C, T, H, W) -> tokens (B, N, C), N = T·S, S = H'·W', tokens
 # t-major then h then w; text is packed into one sequence (1, ΣL_i, C) of the valid tokens of every sample, with
 # their counts ``y_lens`` handed to the blocks as ``mask``.
-"""PyTorch reference model ``STDiT`` (Open-Sora 1.0, STDiT-XL/2)."""
+"""PyTorch reference model ``STDiT`` (Open-Sora 1.0, STDiT-XL/2).
+
+Size: one modeling file per family, as upstream keeps it (stdit.py + the blocks it uses).
+"""
 
 from __future__ import annotations
 

@@ -22,7 +22,10 @@
 #     With the flag off (the CPU configuration) the manual path below is upstream's, rounding where it rounds.
 #
 # Layouts are upstream's: video latents (B, C, T, H, W) -> tokens (B, N, C), N = T·S, S = H·W, t-major then h, w.
-"""PyTorch reference model ``STDiT3`` (Open-Sora 1.2, ``STDiT3-XL/2``, 1.21 B parameters)."""
+"""PyTorch reference model ``STDiT3`` (Open-Sora 1.2, ``STDiT3-XL/2``, 1.21 B parameters).
+
+Size: one modeling file per family, as upstream keeps it (stdit3.py + the blocks it uses).
+"""
 
 from __future__ import annotations
 

@@ -15,6 +15,9 @@
 
 ``describe(model)`` lists what is switched on (for reports). The defaults are the values the parity harness uses
 (measured at the released size: 21,120 tokens x 2,304 hidden, 24 heads).
+
+Size: the token-streamed block restates the block's whole math in chunks (it must stay bit-identical to it),
+so it cannot be shorter than the block plus its chunk loops.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ Writing:
   their sha256, so a re-run may replace its own report and refuses anything else, saying how to proceed.
 
 POSIX only (``O_NOFOLLOW``, ``dir_fd``, hard links); errors are ``ParityError`` lines naming the path.
+
+Size: one module because every rule here (exclusive create, no-follow, pinned descriptors, ownership records)
+is applied together by each writer and reader; split, the rules would drift apart.
 """
 
 from __future__ import annotations

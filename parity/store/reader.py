@@ -7,6 +7,9 @@ open for the ``Dump``'s lifetime and every later read goes through them, so a co
 --force`` that renames the old dump aside and deletes it cannot mix two dumps: the reader keeps seeing the
 generation it verified (deleted files live on while open). A file rewritten *in place* (which this tool never
 does) is refused when its size or modification time no longer match what was verified.
+
+Size: opening, verifying and reading one pinned generation of a dump are one job with shared state (the
+snapshot of descriptors); ``inspect_dump``/``verify_dump`` reuse it so verify and compare never disagree.
 """
 
 from __future__ import annotations
