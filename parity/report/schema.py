@@ -38,6 +38,8 @@ Top level::
     blocks             list    {"block": int, "probe": str, "isolated_max_abs": number|null,
                                 "accumulated_max_abs": number|null, "growth": number|null}
                                (growth = accumulated / isolated)
+    steps              object  (pipeline dumps) the per-step table and the first step out of tolerance, from the
+                               family's ``summarize`` (see parity.report.steps)
 
 Encoding: the file is strict JSON (``allow_nan=False``), pretty-printed, probe order preserved. Floats
 are JSON numbers; the non-finite floats NaN, +Inf and -Inf are written as the STRINGS ``"NaN"``,
