@@ -16,8 +16,7 @@ from parity.dtypes import PRECISIONS, round_to_bf16
 from parity.errors import ParityError
 from parity.families import DEFAULT_FAMILY, get_family
 from parity.inputs_io import load_tensor_file
-from parity.plugins import load_plugin, parse_options
-from parity.runner import ModelRun
+from parity.runner import ModelRun, resolve_plugin
 from parity.store import DumpWriter, sha256_file
 
 # Checkpoints above this size are referenced by path + sha256 instead of being copied into the dump.
@@ -48,26 +47,10 @@ def _check_precision(precision: str) -> None:
         raise ParityError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
 
 
-def wrap_for_family(plugin, family: str | None, side: str):
-    """A family that runs another family's model inside it (the pipeline family: a denoiser inside the sampling
-    loop) wraps a plug-in of that model into one of its own (``wrap_plugin``); any other plug-in is as given."""
-    if family is None or family in plugin.families:
-        return plugin
-    wrap = getattr(get_family(family), "wrap_plugin", None)
-    return plugin if wrap is None else wrap(plugin, side)
-
-
 def resolve_reference(reference=None, reference_path: str | None = None, reference_options=None,
                       family: str | None = None):
-    """The reference plug-in (a name, ``module:attr`` or a plug-in object; default ``torch-reference``; wrapped
-    for ``family`` when that family runs it inside itself) and its checked options (``KEY=VALUE`` strings or a
-    dict)."""
-    plugin = reference if reference is not None and not isinstance(reference, str) else \
-        load_plugin(reference, "reference", reference_path)
-    plugin = wrap_for_family(plugin, family, "reference")
-    pairs = ([f"{k}={v}" for k, v in reference_options.items()] if isinstance(reference_options, dict)
-             else reference_options)
-    return plugin, parse_options(pairs, plugin, "--reference-option")
+    """The reference plug-in (default ``torch-reference``; see ``parity.runner.resolve_plugin``) and its options."""
+    return resolve_plugin(reference, "reference", reference_path, reference_options, family)
 
 
 def provenance(plugin, options: dict) -> tuple[dict, dict]:

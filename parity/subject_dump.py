@@ -28,7 +28,7 @@ from parity.errors import ParityError
 from parity.families import get_family
 from parity.plugins.contract import FRAMEWORKS, StepNotRun
 from parity.probemap import MODES
-from parity.runner import ModelRun
+from parity.runner import ModelRun, resolve_plugin, select_probes
 from parity.store import MANIFEST, DumpWriter, open_dump
 from parity.weights import check_finite
 
@@ -53,8 +53,6 @@ def is_subject_dump(dump) -> bool:
 def record_subject(reference_path: str, out: str, opts, force: bool = False) -> dict:
     """Run the subject of ``opts`` (``parity.compare.CompareOptions``: subject, its path and options, device,
     modes, probes) on the reference dump and write a subject dump to ``out``; returns a summary."""
-    from parity.compare import resolve_subject, select_probes
-
     dump = open_dump(reference_path, verify=opts.verify_checksums)
     if is_subject_dump(dump):
         raise ParityError(f"{reference_path}: is a subject dump; run the subject on the reference dump it was made "
@@ -64,7 +62,8 @@ def record_subject(reference_path: str, out: str, opts, force: bool = False) -> 
                           f"teacher tensors; run-subject needs a full reference dump")
     fam = get_family(dump.family)
     cfg = fam.parse_config(dump.config, source=os.path.join(reference_path, "config.json"))
-    plugin, plugin_options = resolve_subject(opts, family=dump.family)
+    plugin, plugin_options = resolve_plugin(opts.subject, "subject", opts.subject_path, opts.subject_options,
+                                            dump.family)
     run = ModelRun(plugin, dump.family, cfg)
     getattr(plugin, "check_device", lambda _d: None)(opts.device)
     probes = select_probes(run.probes, dump, reference_path, opts.probes)

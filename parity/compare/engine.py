@@ -18,7 +18,6 @@ fp32 run may be at most k x the torch low-precision run's own error against it, 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import os
 import platform
 import time
@@ -31,11 +30,10 @@ from parity.compare.criteria import Evaluator
 from parity.compare.divergence import block_table, first_divergence
 from parity.errors import ParityError, ReferenceProblem
 from parity.families import get_family
-from parity.plugins import load_plugin, parse_options
-from parity.probemap import MODES, PROBE_CLASSES, Probe
+from parity.probemap import MODES, PROBE_CLASSES
 from parity.progress import Progress
 from parity.report.schema import SCHEMA as REPORT_SCHEMA
-from parity.runner import ModelRun
+from parity.runner import ModelRun, resolve_plugin, select_probes
 from parity.stats import SAMPLE_SIZE
 from parity.store import open_dump
 from parity.tolerances import family_path, load_profiles
@@ -69,27 +67,7 @@ def resolve_subject(opts: CompareOptions, reference_path: str | None = None, fam
             raise ParityError(f"--against {opts.against}: the subject was recorded there; drop --subject and "
                               f"--subject-option")
         return RecordedSubject(opts.against, reference_path, verify=opts.verify_checksums), {}
-    plugin = opts.subject if opts.subject is not None and not isinstance(opts.subject, str) else \
-        load_plugin(opts.subject, "subject", opts.subject_path)
-    from parity.dumping import wrap_for_family
-    plugin = wrap_for_family(plugin, family, "subject")
-    if isinstance(opts.subject_options, dict):
-        options = parse_options([f"{k}={v}" for k, v in opts.subject_options.items()], plugin, "--subject-option")
-    else:
-        options = parse_options(opts.subject_options, plugin, "--subject-option")
-    return plugin, options
-
-
-def select_probes(probes: list[Probe], dump, dump_path: str, patterns) -> list[Probe]:
-    present = set(dump.probes)
-    selected = [p for p in probes if p.name in present]
-    if patterns:
-        selected = [p for p in selected if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
-        if not selected:
-            raise ParityError(f"{dump_path}: --probes {' '.join(patterns)} matches no probe in the dump; use "
-                              f"globs over its probe names (e.g. {dump.probes[0] if dump.probes else 'none'}, "
-                              f"'hidden_states_*_block')")
-    return selected
+    return resolve_plugin(opts.subject, "subject", opts.subject_path, opts.subject_options, family)
 
 
 def compare_dump(dump_path: str, options: CompareOptions | None = None) -> dict:

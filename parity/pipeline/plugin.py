@@ -111,18 +111,18 @@ class PipelinePlugin:
         return self.inner.session(threads)
 
     def random_weights(self, family: str, config: dict, seed: int) -> dict:
-        from parity.families.pipeline import parse_config
-        cfg = parse_config(config)
+        from parity.families.pipeline.config import PipelineConfig
+        cfg = PipelineConfig.from_dict(config, source="config")
         return self.inner.random_weights(cfg.denoiser_family, cfg.denoiser.to_dict(), seed)
 
     # ---- build -------------------------------------------------------------------------------------------------
     def build(self, request: BuildRequest) -> PipelineModel:
-        from parity.families.pipeline import parse_config
+        from parity.families.pipeline.config import PipelineConfig
 
         if request.precision not in LATENT_DTYPES:
             raise ParityError(f"pipelines run in {' or '.join(LATENT_DTYPES)} (upstream samples in fp16), not "
                               f"{request.precision}; pass --precision fp32 or fp16")
-        cfg = parse_config(request.config)
+        cfg = PipelineConfig.from_dict(request.config, source="config")
         options = dict(request.options)
         choice = options.pop("scheduler", None) or "plugin"
         run = ModelRun(self.inner, cfg.denoiser_family, cfg.denoiser, side=self.side)

@@ -375,7 +375,7 @@ class OwnedDir:
         return os.path.join(self.where, name)
 
     def _read_record(self) -> dict:
-        from parity.jsonio import parse_json
+        from parity.jsonparse import parse_json
 
         where = self._show(RECORD)
         try:
