@@ -17,12 +17,13 @@ import pytest
 
 from parity.cli import main as parity_main
 from parity.errors import ParityError
-from parity.families import get_family
+from parity.families import family_of_case, fixture_dumps, get_family
 from parity.plugins import load_plugin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(ROOT, "fixtures", "reference")
-COMMITTED = sorted(d for d in os.listdir(FIXTURES) if os.path.isfile(os.path.join(FIXTURES, d, "manifest.json")))
+# upstream's own class is an OpenSoraT2V v1.3: every committed fixture of that family
+COMMITTED = sorted(f"{c}-{p}" for c, p in fixture_dumps() if family_of_case(c) == "opensora_v13")
 UPSTREAM = os.environ.get("PARITY_UPSTREAM_PATH")
 needs_checkout = pytest.mark.skipif(
     not UPSTREAM, reason="PARITY_UPSTREAM_PATH is not set: these tests need an Open-Sora-Plan checkout (v1.3, e.g. "
