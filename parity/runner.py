@@ -77,6 +77,10 @@ class ModelRun:
         self.probes: list[Probe] = load_probe_map(family).resolve(
             self.fam.num_layers(self.config), adapters=self.adapters,
             **{side: plugin_overlay(plugin, family, self.config.to_dict())})
+        # a family running a sub-model of another family (a pipeline's text encoder) adds its probes
+        adjust = getattr(self.fam, "adjust_probes", None)
+        if adjust is not None:
+            self.probes = adjust(self.config, self.probes)
         self.views = {p.name: getattr(p, side) for p in self.probes}
         self.model = None
 

@@ -88,3 +88,58 @@ def test_free_running_is_deterministic_with_recorded_noise():
         runs.append(got)
     assert set(runs[0]) == set(runs[1]) and len(runs[0]) == 3 + 8 * 10
     assert all(np.array_equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+# ---- the text encoder inside a pipeline dump ---------------------------------------------------------------------
+def _te_dump(tmp_path, buckets: int, distance: int) -> str:
+    """A 2-step pipeline dump whose embeddings come from a tiny random mT5 (positive prompt of 30 tokens)."""
+    import json
+
+    from parity.cli.parser import main
+    from parity.families.mt5_encoder.cases import CASES as MT5_CASES
+    from parity.families.pipeline.cases import _TINY_DIT
+    from safetensors.numpy import save_file
+
+    (tmp_path / "dit.json").write_text(json.dumps(dict(_TINY_DIT, caption_channels=32)))
+    (tmp_path / "mt5.json").write_text(json.dumps(dict(MT5_CASES["tiny-mt5"].config,
+                                                       relative_attention_num_buckets=buckets,
+                                                       relative_attention_max_distance=distance)))
+    ids, mask = np.zeros((2, 40), np.int64), np.zeros((2, 40), np.int64)
+    for row, n in enumerate((5, 30)):
+        ids[row, :n] = np.random.default_rng(row).integers(2, 96, n)
+        ids[row, n], mask[row, :n + 1] = 1, 1
+    save_file({"negative_prompt_input_ids": ids[:1], "negative_prompt_attention_mask": mask[:1],
+               "prompt_input_ids": ids[1:], "prompt_attention_mask": mask[1:]}, str(tmp_path / "ids.safetensors"))
+    out = str(tmp_path / "dump")
+    assert main(["dump", "--pipeline", "--config", str(tmp_path / "dit.json"), "--seed", "0",
+                 "--text-encoder-config", str(tmp_path / "mt5.json"), "--text-encoder-seed", "0",
+                 "--input-ids", str(tmp_path / "ids.safetensors"), "--latent-size", "1", "4", "4",
+                 "--steps", "2", "--out", out]) == 0
+    return out
+
+
+def test_text_encoder_probes_are_recorded_once_and_pass(tmp_path):
+    out = _te_dump(tmp_path, buckets=8, distance=16)
+    res = compare_dump(out, CompareOptions(modes=("isolated", "accumulated"), progress=False))
+    names = [p["name"] for p in res["probes"] if p["mode"] == "isolated"]
+    assert names[0] == "text_encoder.input_ids_input" and names.index("text_encoder.prompt_embeds") < \
+        names.index("step_0_latents_in")
+    assert sum(n.startswith("text_encoder.hidden_states_") for n in names) == 3   # once, not per step
+    assert all(p["passed"] for p in res["probes"]), [p["name"] for p in res["probes"] if not p["passed"]]
+
+
+def test_a_wrong_text_encoder_is_the_first_divergence(tmp_path):
+    # 32 buckets / distance 128 and a 31-token prompt: mindone's CPU log puts distance 16 one bucket low
+    out = _te_dump(tmp_path, buckets=32, distance=128)
+    res = compare_dump(out, CompareOptions(modes=("isolated", "accumulated"), progress=False))
+    failing = [p["name"] for p in res["probes"] if not p["passed"]]
+    assert failing[0] == "text_encoder.relative_position_bias"
+    assert res["first_divergence"]["probe"] == "text_encoder.relative_position_bias"
+    # per step the loop runs on the reference's embeddings: no step record fails
+    assert not any(p["name"].startswith("step_") and not p["passed"] for p in res["probes"] if p["mode"] == "isolated")
+    # free-running, the subject samples with its own embeddings: the encoder's error reaches the denoiser
+    assert any(p["name"].startswith("step_0_noise_pred") and not p["passed"]
+               for p in res["probes"] if p["mode"] == "accumulated")
+    fixed = compare_dump(out, CompareOptions(modes=("isolated", "accumulated"), progress=False,
+                                             subject_options=["mt5-substitutions=buckets"]))
+    assert all(p["passed"] for p in fixed["probes"])

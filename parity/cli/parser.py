@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompts", metavar="P.safetensors",
                    help="prompt embeddings: prompt_embeds, prompt_attention_mask, negative_prompt_embeds, "
                         "negative_prompt_attention_mask ((B, L, D) and (B, L))")
+    g.add_argument("--text-encoder-config", metavar="MT5.json",
+                   help="record the text encoder too: its config (an MT5Config); with --input-ids instead of --prompts")
+    g.add_argument("--text-encoder-weights", metavar="W.safetensors", help="the text encoder's state dict")
+    g.add_argument("--text-encoder-seed", type=int, help="random text encoder weights with this seed")
+    g.add_argument("--input-ids", metavar="IDS.safetensors",
+                   help="token ids and masks (.safetensors or .npz): prompt_input_ids, prompt_attention_mask, "
+                        "negative_prompt_input_ids, negative_prompt_attention_mask ((B, L))")
     g.add_argument("--latent-size", type=int, nargs=3, metavar=("T", "H", "W"), help="latent frames, height, width")
     g.add_argument("--noise-seed", type=int, help="seed of the recorded initial latents and ancestral draws (default 0)")
     _plugin_args(s, "reference")

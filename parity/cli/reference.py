@@ -41,13 +41,16 @@ def cmd_cases(args) -> int:
     return EXIT_OK
 
 
+TEXT_ENCODER_FLAGS = ("text_encoder_config", "text_encoder_weights", "text_encoder_seed", "input_ids")
+
+
 def cmd_dump(args) -> int:
     from parity.dumping import dump_reference
     from parity.families import family_for_config, family_of_case, get_family
     from parity.inputs_io import load_tensor_file
 
     check_output(args.out, "--out", "dump")
-    pipeline_flags = [f for f in ("steps", "guidance", "prompts", "latent_size", "noise_seed")
+    pipeline_flags = [f for f in ("steps", "guidance", "prompts", "latent_size", "noise_seed") + TEXT_ENCODER_FLAGS
                       if getattr(args, f) is not None]
     if args.pipeline and not args.case:
         return _dump_pipeline(args)
@@ -96,38 +99,55 @@ def cmd_dump(args) -> int:
 def _dump_pipeline(args) -> int:
     """``parity dump --pipeline``: a denoiser config and weights, prompt embeddings, steps, guidance, latent size
     and a noise seed -> a pipeline dump (parity.families.pipeline)."""
-    from parity.dumping import dump_reference
+    from parity.dumping import dump_reference, resolve_reference
     from parity.families import family_for_config, get_family
     from parity.inputs_io import load_tensor_file
-    from parity.pipeline.prompts import pipeline_config, pipeline_inputs
+    from parity.pipeline.prompts import pipeline_config, pipeline_inputs, text_encoder_weights
 
     if args.inputs:
         raise ParityError("--pipeline takes the prompt embeddings as --prompts P.safetensors (and makes the noise "
                           "itself from --noise-seed); drop --inputs")
-    if not (args.config and args.prompts and args.latent_size) or (args.weights is None) == (args.seed is None):
+    text_encoder = any(getattr(args, f) is not None for f in TEXT_ENCODER_FLAGS)
+    text = args.input_ids if text_encoder else args.prompts
+    if text_encoder and (args.prompts or not (args.text_encoder_config and args.input_ids)
+                         or (args.text_encoder_weights is None) == (args.text_encoder_seed is None)):
+        raise ParityError("--pipeline with a text encoder needs --text-encoder-config MT5.json, exactly one of "
+                          "--text-encoder-weights W / --text-encoder-seed N and --input-ids IDS (not --prompts: the "
+                          "embeddings are the encoder's)")
+    if not (args.config and text and args.latent_size) or (args.weights is None) == (args.seed is None):
         raise ParityError("--pipeline needs --config (the denoiser's config.json), exactly one of --weights W / --seed "
-                          "N, --prompts P.safetensors and --latent-size T H W (or --case NAME of 'parity cases "
-                          "--family pipeline')")
-    require_file(args.prompts, "prompts file")
+                          "N, --prompts P.safetensors (or a text encoder and --input-ids) and --latent-size T H W (or "
+                          "--case NAME of 'parity cases --family pipeline')")
+    require_file(text, "token ids file" if text_encoder else "prompts file")
     denoiser = load_json_arg(args.config, "config")
     den_family = family_for_config(denoiser, args.family if args.family != "pipeline" else None, args.config)
+    te_config = load_json_arg(args.text_encoder_config, "text encoder config") if text_encoder else None
+    te_family = family_for_config(te_config, None, args.text_encoder_config) if text_encoder else None
+    te = {"text_encoder_family": te_family, "text_encoder": te_config}
     flags = {"num_inference_steps": "--steps", "guidance_scale": "--guidance"}
     try:
         get_family("pipeline").parse_config(pipeline_config(den_family, denoiser, steps=args.steps,
-                                                            guidance=args.guidance, source=args.config),
+                                                            guidance=args.guidance, source=args.config, **te),
                                             source="(command line)")
     except ParityError as exc:   # a value given on the command line is named by its flag, not by the config file
-        text = str(exc)
+        message = str(exc)
         for key, flag in flags.items():
-            if text.startswith(f"(command line): {key}"):
-                raise ParityError(text.replace(f"(command line): {key}", flag, 1)) from None
-    config = pipeline_config(den_family, denoiser, steps=args.steps, guidance=args.guidance, source=args.config)
-    prompts = load_tensor_file(args.prompts, "prompts")
+            if message.startswith(f"(command line): {key}"):
+                raise ParityError(message.replace(f"(command line): {key}", flag, 1)) from None
+    config = pipeline_config(den_family, denoiser, steps=args.steps, guidance=args.guidance, source=args.config, **te)
+    prompts = load_tensor_file(text, "token ids" if text_encoder else "prompts")
     cfg = get_family("pipeline").parse_config(config, source=args.config)
-    inputs = pipeline_inputs(cfg, prompts, args.latent_size, args.noise_seed or 0, source=args.prompts)
-    summary = dump_reference(out=args.out, config=config, inputs=inputs, weights_path=args.weights, seed=args.seed,
+    inputs = pipeline_inputs(cfg, prompts, args.latent_size, args.noise_seed or 0, source=text)
+    weights = None
+    if text_encoder:   # one state dict: the denoiser's and the encoder's under text_encoder.
+        ref, _ = resolve_reference(args.reference, args.reference_path, args.reference_option, "pipeline")
+        weights = (load_tensor_file(args.weights, "weights") if args.weights is not None
+                   else ref.random_weights("pipeline", config, args.seed))
+        weights.update(text_encoder_weights(ref, cfg, args.text_encoder_weights, args.text_encoder_seed))
+    summary = dump_reference(out=args.out, config=config, inputs=inputs, weights=weights,
+                             weights_path=None if text_encoder else args.weights, seed=args.seed,
                              precision=args.precision, force=args.force, family="pipeline", config_source=args.config,
-                             inputs_source=args.prompts, progress=progress_line, threads=args.threads,
+                             inputs_source=text, progress=progress_line, threads=args.threads,
                              inputs_seed=args.noise_seed or 0, **reference_args(args))
     print(f"wrote {summary['out']} (pipeline: {cfg.num_inference_steps} steps, guidance {cfg.guidance_scale:g}, "
           f"{summary['probes']} probes, {summary['precision']}, reference {summary['reference']})")

@@ -13,6 +13,11 @@
 
 The recorded noise (float32 draws in the dump) is cast once to the latents' dtype (fp32 or fp16) on both sides.
 ``scheduler_overrides`` / ``loop_options`` make a deliberately wrong sampler (``parity.pipeline.variants``).
+
+With a text encoder in the config (``parity.families.pipeline.text_encoder``) the same plug-in also builds the
+encoder (its family's glue; the options apply, e.g. ms_impl's ``mt5-substitutions``): ``capture`` runs it once,
+reports its probes ``text_encoder.<probe>`` before the loop's and samples with its ``prompt_embeds``;
+``run_step`` teacher-forces it with its family's plan.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from parity.errors import ParityError
 from parity.plugins.contract import BuildRequest, OptionSpec
 from parity.runner import ModelRun
 
+from parity.adapters import get_adapter
+from parity.families.pipeline.steps import parse_step_probe
+from parity.families.pipeline.text_encoder import (OUTPUT_PROBE as TE_OUTPUT, STEP_KIND as TE_STEP_KIND,
+                                                   encoder_inputs, inner_step, prefixed, split_weights, unprefixed)
+
 from .loop import LoopOptions, run_cfg_loop, run_step
 from .numpy_scheduler import NumpyEulerAncestral
 
@@ -37,8 +47,10 @@ INPUT_PROBES = ("initial_latents", "encoder_hidden_states", "encoder_attention_m
 class PipelineModel:
     """The built pipeline: the denoiser's ``ModelRun`` (model built), a scheduler factory and the latents' dtype."""
 
-    def __init__(self, config, run: ModelRun, make_scheduler, dtype, scheduler_label: str):
+    def __init__(self, config, run: ModelRun, make_scheduler, dtype, scheduler_label: str,
+                 text_encoder: ModelRun | None = None):
         self.config, self.run, self.make_scheduler = config, run, make_scheduler
+        self.text_encoder = text_encoder
         self.dtype, self.scheduler_label = dtype, scheduler_label
         self.fam = config.denoiser_module()
         self._step_scheduler = None
@@ -125,8 +137,13 @@ class PipelinePlugin:
         cfg = PipelineConfig.from_dict(request.config, source="config")
         options = dict(request.options)
         choice = options.pop("scheduler", None) or "plugin"
+        den_weights, te_weights = split_weights(cfg, request.weights)
         run = ModelRun(self.inner, cfg.denoiser_family, cfg.denoiser, side=self.side)
-        run.build(request.weights, request.precision, request.device, options)
+        run.build(den_weights, request.precision, request.device, options)
+        te_run = None
+        if cfg.text_encoder is not None:
+            te_run = ModelRun(self.inner, cfg.text_encoder_family, cfg.text_encoder, side=self.side)
+            te_run.build(te_weights, request.precision, request.device, options)
         sched_cfg = dict(cfg.scheduler, **self.scheduler_overrides)
         own = getattr(self.inner, "make_scheduler", None)
         if choice == "plugin" and own is not None:
@@ -137,7 +154,7 @@ class PipelinePlugin:
             def make():
                 return NumpyEulerAncestral(cfg.num_inference_steps, sched_cfg)
             label = "numpy float64 Euler-Ancestral"
-        return PipelineModel(cfg, run, make, LATENT_DTYPES[request.precision], label)
+        return PipelineModel(cfg, run, make, LATENT_DTYPES[request.precision], label, te_run)
 
     def forward(self, model, family: str, inputs: dict):
         return self.capture(model, family, inputs, None, lambda *_a: None)
@@ -151,11 +168,12 @@ class PipelinePlugin:
                 array = np.asarray(array)
                 on_probe(name, array, array.dtype.name)
 
+        text = self._text(model, inputs, emit, wanted)
         latents = np.asarray(inputs["initial_latents"]).astype(model.dtype)
         emit("initial_latents", latents)
-        emit("encoder_hidden_states", inputs["encoder_hidden_states"])
-        emit("encoder_attention_mask", inputs["encoder_attention_mask"])
-        if wanted is not None and wanted <= set(INPUT_PROBES):
+        emit("encoder_hidden_states", text["encoder_hidden_states"])
+        emit("encoder_attention_mask", text["encoder_attention_mask"])
+        if wanted is not None and not any(parse_step_probe(n) for n in wanted):
             return None
         noise = [np.asarray(n).astype(model.dtype) for n in inputs["noise"]]
 
@@ -164,16 +182,46 @@ class PipelinePlugin:
                 emit(f"step_{k}_{record}", array)
             emit(f"step_{k}_noise", noise[k])
 
-        records = run_cfg_loop(model.denoiser(inputs["encoder_hidden_states"], inputs["encoder_attention_mask"]),
+        records = run_cfg_loop(model.denoiser(text["encoder_hidden_states"], text["encoder_attention_mask"]),
                                model.make_scheduler(), latents, noise, options=self._options(model),
                                num_steps=model.config.num_inference_steps, on_step=on_step)
         return records[-1]["latents_out"] if records else latents
+
+    @staticmethod
+    def _text(model: PipelineModel, inputs: dict, emit, wanted) -> dict:
+        """The loop's text conditioning: given, or this side's text encoder run once (its probes reported)."""
+        if model.text_encoder is None:
+            return {k: inputs[k] for k in ("encoder_hidden_states", "encoder_attention_mask")}
+        te = model.text_encoder
+        te_inputs = te.fam.normalize_inputs(encoder_inputs(inputs), te.config, source="pipeline text encoder")
+        context, got = te.context(te_inputs), {}
+
+        def on_probe(name, array, _dt=None):
+            got[name] = array = te.to_reference(name, array, context)
+            emit(prefixed(name), array)
+
+        needed = None if wanted is None or any(parse_step_probe(n) or n == "encoder_hidden_states" for n in wanted) \
+            else {unprefixed(n) for n in wanted if unprefixed(n)}
+        if needed is not None and not needed:
+            return {"encoder_hidden_states": None, "encoder_attention_mask": te_inputs["attention_mask"]}
+        te.capture(te_inputs, on_probe, names=None if needed is None else needed | {TE_OUTPUT})
+        if TE_OUTPUT not in got:
+            raise ParityError(f"the text encoder plug-in {te.plugin.name} did not produce {TE_OUTPUT}, the prompt "
+                              "embeddings the loop needs; fix its overlay")
+        return {"encoder_hidden_states": np.asarray(got[TE_OUTPUT]).astype(np.float32),
+                "encoder_attention_mask": te_inputs["attention_mask"]}
 
     def _options(self, model: PipelineModel) -> LoopOptions:
         return dataclasses.replace(self.loop_options, guidance_scale=model.config.guidance_scale)
 
     # ---- per step ----------------------------------------------------------------------------------------------
     def run_step(self, model: PipelineModel, step, teacher: dict) -> np.ndarray:
+        if step.kind == TE_STEP_KIND and model.text_encoder is not None:
+            te, (inner, context) = model.text_encoder, inner_step(step)
+            fed = {role: np.ascontiguousarray(get_adapter(te.views[src].adapter, te.adapters)
+                                              .from_reference(np.asarray(teacher[role]), **context), dtype=np.float32)
+                   for role, src in inner.inputs.items()}
+            return te.to_reference(inner.probe, self.inner.run_step(te.model, inner, fed), context)
         if step.kind != "step":
             raise ParityError(f"pipeline: unknown step kind {step.kind!r} for {step.probe}")
         k, record = step.index, step.params["record"]

@@ -983,3 +983,33 @@ def test_pipeline_flags_out_of_range_are_named_by_flag(tmp_path, capsys, flag, v
     rc, out, err = run_inproc(capsys, argv)
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--text-encoder-seed", "0", "--input-ids", "IDS"], "needs --text-encoder-config MT5.json"),
+    (["--text-encoder-config", "MT5", "--input-ids", "IDS"], "exactly one of --text-encoder-weights W"),
+    (["--text-encoder-config", "MT5", "--text-encoder-seed", "0", "--input-ids", "IDS", "--prompts", "IDS"],
+     "not --prompts"),
+    (["--text-encoder-config", "MT5", "--text-encoder-seed", "0", "--input-ids", "BADIDS"],
+     "missing negative_prompt_input_ids"),
+    (["--text-encoder-config", "WIDE", "--text-encoder-seed", "0", "--input-ids", "IDS"],
+     "is not the denoiser's caption_channels 16"),
+])
+def test_pipeline_text_encoder_flags_are_checked(tmp_path, capsys, extra, needle):
+    from parity.families.mt5_encoder.cases import CASES as MT5_CASES
+    from parity.families.pipeline.cases import CASES, DEFAULT_CASE
+
+    (tmp_path / "dit.json").write_text(json.dumps(CASES[DEFAULT_CASE].denoiser))   # caption_channels 16
+    (tmp_path / "mt5.json").write_text(json.dumps(dict(MT5_CASES["tiny-mt5"].config, d_model=16)))
+    (tmp_path / "wide.json").write_text(json.dumps(MT5_CASES["tiny-mt5"].config))   # d_model 32
+    ids = np.ones((1, 4), np.int64)
+    np.savez(tmp_path / "ids.npz", prompt_input_ids=ids, prompt_attention_mask=ids, negative_prompt_input_ids=ids,
+             negative_prompt_attention_mask=ids)
+    np.savez(tmp_path / "bad.npz", prompt_input_ids=ids, prompt_attention_mask=ids)
+    paths = {"MT5": "mt5.json", "WIDE": "wide.json", "IDS": "ids.npz", "BADIDS": "bad.npz"}
+    argv = ["dump", "--pipeline", "--config", str(tmp_path / "dit.json"), "--seed", "0", "--latent-size", "1", "4",
+            "4", "--steps", "2", "--out", str(tmp_path / "out")] + [
+        str(tmp_path / paths[a]) if a in paths else a for a in extra]
+    rc, out, err = run_inproc(capsys, argv)
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

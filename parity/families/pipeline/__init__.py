@@ -5,7 +5,8 @@ probes every step's records. The denoiser runs through a plug-in of its own fami
 family wraps it (``wrap_plugin``) into a plug-in of this family, so dumps, ``parity compare``, reports and the
 pytest plug-in treat a pipeline like any model: isolated mode is per step (teacher-forced), accumulated mode is
 free-running. Denoiser families take part through three hooks: ``pipeline_inputs``, ``pipeline_text``,
-``pipeline_prediction_shape`` (and ``PIPELINE_OUTPUT_PROBE``, the probe holding the prediction).
+``pipeline_prediction_shape`` (and ``PIPELINE_OUTPUT_PROBE``, the probe holding the prediction). An optional text
+encoder (``text_encoder``) adds its probes once, before the loop's (``adjust_probes``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from .inputs import INPUT_NAMES  # noqa: F401
 from .steps import MODE_LABELS  # noqa: F401
 
 NAME = "pipeline"
-PROBE_CLASSES = ("input", "latents", "scaled_input", "timestep", "prediction", "guided")
+from .text_encoder import CLASSES as _TE_CLASSES, probe_class as _te_class  # noqa: E402
+
+PROBE_CLASSES = ("input", "latents", "scaled_input", "timestep", "prediction", "guided") + tuple(
+    _te_class(c) for c in _TE_CLASSES)
 FP32_SHADOW = False   # a low-precision loop is judged against its own tolerances, not relative to an fp32 loop
 
 
@@ -37,13 +41,22 @@ def normalize_inputs(inputs, config, source="inputs"):
 
 
 def expected_state_dict_shapes(config) -> dict:
-    """The denoiser's weights."""
-    return config.denoiser_module().expected_state_dict_shapes(config.denoiser)
+    """The denoiser's weights (and the text encoder's, under ``text_encoder.``)."""
+    from .text_encoder import expected_shapes
+    return {**config.denoiser_module().expected_state_dict_shapes(config.denoiser), **expected_shapes(config)}
+
+
+def adjust_probes(config, probes: list) -> list:
+    """With a text encoder: its probes, recorded once, before the loop's; ``encoder_hidden_states`` is then its
+    output and is judged as one."""
+    from .text_encoder import adjust_probes as _adjust
+    return _adjust(config, probes)
 
 
 def probe_names(config) -> list[str]:
     from parity.probemap import load_probe_map
-    return load_probe_map(NAME).names(config.num_inference_steps)
+    from .text_encoder import probe_names as te_names
+    return te_names(config) + load_probe_map(NAME).names(config.num_inference_steps)
 
 
 def builtin_cases():
@@ -58,7 +71,8 @@ def default_case_name() -> str:
 
 def teacher_plan(config, inputs=None):
     from .steps import teacher_plan as _plan
-    return _plan(config, inputs)
+    from .text_encoder import teacher_plan as te_plan
+    return te_plan(config, inputs) + _plan(config, inputs)
 
 
 def adapter_context(config, inputs) -> dict:
