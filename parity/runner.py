@@ -135,6 +135,7 @@ def resolve_plugin(given, side: str, path: str | None = None, options=None, fami
 
 
 def select_probes(probes: list[Probe], dump, dump_path: str, patterns) -> list[Probe]:
+    """The probes of ``probes`` the dump holds, narrowed to the ``--probes`` globs when given."""
     present = set(dump.probes)
     selected = [p for p in probes if p.name in present]
     if patterns:
