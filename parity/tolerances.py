@@ -13,6 +13,11 @@ The numbers live ONLY in ``parity/families/<family>/tolerances.json`` (or a user
                     "relative": {"k": 2, "floor": 1e-3, "reason": "one line why"}   # optional
                 }}}}}
 
+A family whose probes include another family's (the pipeline family records the text encoder's) takes that
+family's profiles under a class prefix instead of copying them: ``"include": [{"family": "mt5_encoder", "prefix":
+"text_encoder."}]`` adds ``text_encoder.block`` etc. from ``parity/families/mt5_encoder/tolerances.json`` (which may
+not include others itself), for every precision of the including file.
+
 Absolute criterion (allclose-style): every element has |sub − ref| <= atol + rtol·|ref|.
 Relative criterion (low-precision subjects): the subject's max_abs error against the torch fp32 reference
 may be at most ``k`` × the torch low-precision model's own max_abs error against that reference, plus
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +180,30 @@ def _reason(label: str, where: str, v: Any) -> str:
     return v.strip()
 
 
-def _parse(data: Any, label: str, classes: tuple = PROBE_CLASSES) -> Profiles:
-    _keys(label, "top level", data, ("version", "profiles"), ("description",))
+def _includes(data: dict, label: str, nested: bool) -> list[tuple[str, str]]:
+    """The ``include`` entries of a tolerance file: (family, class prefix)."""
+    given = data.get("include", [])
+    if given and nested:
+        raise _err(label, "include", "an included tolerance file may not include others")
+    if not isinstance(given, list):
+        raise _err(label, "include", "must be a list of {\"family\": ..., \"prefix\": ...}")
+    out = []
+    for k, inc in enumerate(given):
+        _keys(label, f"include[{k}]", inc, ("family", "prefix"))
+        if not isinstance(inc["family"], str) or not _PRECISION_RE.match(inc["family"]) or \
+                not family_path(inc["family"]).is_file():
+            raise _err(label, f"include[{k}].family", f"no tolerance file for family {inc['family']!r}")
+        if not isinstance(inc["prefix"], str) or not inc["prefix"].endswith("."):
+            raise _err(label, f"include[{k}].prefix", "must be a string ending in '.' (e.g. \"text_encoder.\")")
+        out.append((inc["family"], inc["prefix"]))
+    return out
+
+
+def _parse(data: Any, label: str, classes: tuple = PROBE_CLASSES, nested: bool = False) -> Profiles:
+    _keys(label, "top level", data, ("version", "profiles"), ("description", "include"))
+    includes = _includes(data, label, nested)
+    included = tuple(c for c in classes if any(c.startswith(prefix) for _, prefix in includes))
+    own_classes = tuple(c for c in classes if c not in included)
     version = data["version"]
     if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_VERSIONS:
         raise _err(label, "version", f"unsupported version {version!r} (supported: "
@@ -191,9 +218,9 @@ def _parse(data: Any, label: str, classes: tuple = PROBE_CLASSES) -> Profiles:
     for prec, by_class in profiles.items():
         if not _PRECISION_RE.match(prec):
             raise _err(label, f"profiles.{prec}", "precision names use letters, digits and _.+- only")
-        _keys(label, f"profiles.{prec}", by_class, classes)
+        _keys(label, f"profiles.{prec}", by_class, own_classes)
         table[prec] = {}
-        for cls in classes:
+        for cls in own_classes:
             _keys(label, f"profiles.{prec}.{cls}", by_class[cls], MODES)
             table[prec][cls] = {}
             for mode in MODES:
@@ -212,4 +239,16 @@ def _parse(data: Any, label: str, classes: tuple = PROBE_CLASSES) -> Profiles:
                     rtol=_number(label, f"{where}.rtol", entry["rtol"]),
                     reason=_reason(label, f"{where}.reason", entry["reason"]),
                     relative=rel, precision=prec, probe_class=cls, mode=mode)
+    for family, prefix in includes:
+        from parity.jsonio import load_json
+
+        other_path = family_path(family)
+        other = _parse(load_json(other_path, "tolerance file", "fix that family's tolerance file"), str(other_path),
+                       nested=True)
+        for prec, by_class in table.items():
+            if prec not in other.table:
+                raise _err(label, f"include {family}", f"{other_path} has no {prec!r} profile")
+            for cls, modes in other.table[prec].items():
+                if prefix + cls in included or not included:
+                    by_class[prefix + cls] = {m: replace(t, probe_class=prefix + cls) for m, t in modes.items()}
     return Profiles(path=label, version=version, description=description, table=table)

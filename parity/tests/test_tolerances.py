@@ -135,3 +135,48 @@ def test_relative_passed():
     assert not relative_passed(0.0, float("nan"), c)
     assert not relative_passed(float("inf"), 0.01, c)
     assert not relative_passed(None, 0.01, c)
+
+
+def test_a_family_includes_another_familys_profiles_under_a_prefix():
+    """The pipeline family takes the text encoder's bounds from mt5_encoder/tolerances.json, not a copy."""
+    from parity.families import get_family
+    from parity.tolerances import family_path
+
+    pipe = load_profiles(family_path("pipeline"), classes=get_family("pipeline").PROBE_CLASSES)
+    mt5 = load_profiles(family_path("mt5_encoder"))
+    for prec in ("fp32", "fp16"):
+        for cls in ("input", "mask", "embedding", "block", "output"):
+            for mode in ("isolated", "accumulated"):
+                got, want = pipe.lookup(prec, f"text_encoder.{cls}", mode), mt5.lookup(prec, cls, mode)
+                assert (got.atol, got.rtol, got.relative, got.reason) == (want.atol, want.rtol, want.relative,
+                                                                          want.reason)
+                assert got.key == f"{prec}/text_encoder.{cls}/{mode}"
+
+
+@pytest.mark.parametrize("include, needle", [
+    ([{"family": "no_such_family", "prefix": "x."}], "no tolerance file for family"),
+    ([{"family": "mt5_encoder", "prefix": "x"}], "must be a string ending in '.'"),
+    ([{"family": "mt5_encoder"}], "missing key"),
+    ({"family": "mt5_encoder", "prefix": "x."}, "must be a list"),
+])
+def test_bad_includes_are_refused_naming_the_file(tmp_path, include, needle):
+    data = load_profiles().to_dict()
+    data["include"] = include
+    p = _write(tmp_path, data)
+    with pytest.raises(ParityError, match=needle) as exc:
+        load_profiles(p)
+    assert str(p) in str(exc.value)
+
+
+def test_an_included_file_may_not_include_others(tmp_path, monkeypatch):
+    import parity.tolerances as T
+
+    inner = load_profiles().to_dict()
+    inner["include"] = [{"family": "mt5_encoder", "prefix": "y."}]
+    (tmp_path / "inner").mkdir()
+    _write(tmp_path / "inner", inner, "tolerances.json")
+    monkeypatch.setattr(T, "family_path", lambda family: tmp_path / "inner" / "tolerances.json")
+    outer = load_profiles().to_dict()
+    outer["include"] = [{"family": "inner", "prefix": "x."}]
+    with pytest.raises(ParityError, match="may not include others"):
+        load_profiles(_write(tmp_path, outer, "outer.json"))
