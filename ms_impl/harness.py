@@ -68,11 +68,6 @@ def _device(device: str) -> str:
         raise ParityError(str(exc)) from None
 
 
-def versions() -> dict:
-    """Library versions of the subject side, recorded in reports."""
-    return {"mindspore": ms.__version__}
-
-
 def precision_label(precision: str, device: str) -> str:
     """What ``precision`` runs as on ``device``: "bf16" on CPU/GPU is "bf16-emulated" (see ms_impl.precision)."""
     try:
@@ -206,5 +201,5 @@ def run_step(model: OpenSoraT2V_v1_3, step, teacher: dict) -> np.ndarray:
 
 
 __all__ = ["build_model", "precision_label", "forward", "capture", "model_inputs", "dtype_namer", "module_paths",
-           "run_step", "setup_context", "versions", "convert_torch_to_ms", "convert_ms_to_torch",
+           "run_step", "setup_context", "convert_torch_to_ms", "convert_ms_to_torch",
            "enable_memory_machinery", "machinery_notes"]

@@ -17,7 +17,6 @@ missing probe.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping

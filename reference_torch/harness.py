@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-import contextlib
 
 import numpy as np
 import torch
@@ -182,15 +181,3 @@ def capture(model: torch.nn.Module, inputs: dict[str, np.ndarray], specs: list,
 def module_paths(model: torch.nn.Module) -> set[str]:
     """Dotted names of all submodules of ``model`` ("" = the root)."""
     return _module_paths(model)
-
-
-@contextlib.contextmanager
-def fixed_threads(threads: int):
-    """Run with ``threads`` intra-op threads: some CPU matmuls split their reductions by thread count, so a
-    dump is bit-reproducible only at a fixed count (recorded in the manifest)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

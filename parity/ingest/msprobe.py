@@ -21,7 +21,6 @@ returns every probe in the reference layout.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections import Counter
@@ -32,7 +31,7 @@ import numpy as np
 
 from parity.errors import ParityError
 from parity.families import DEFAULT_FAMILY, get_family
-from parity.ingest.msprobe_dump import ModuleCall, MsprobeDump, TensorRef, open_msprobe_dump
+from parity.ingest.msprobe_dump import ModuleCall, MsprobeDump, open_msprobe_dump
 from parity.probemap import CaptureSpec, load_probe_map
 
 SIDE_OF_FRAMEWORK = {"pytorch": "reference", "mindspore": "subject"}

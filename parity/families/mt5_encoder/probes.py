@@ -24,27 +24,18 @@ are compared like the others: they are computed values the port must reproduce, 
 
 from __future__ import annotations
 
-import re
+from parity.families.naming import block_index, block_probe  # noqa: F401 (the family's block names)
+from parity.probemap import PROBE_CLASSES  # noqa: F401 (the harness's classes; re-exported for the family)
+
 
 INPUT_NAMES = ("input_ids", "attention_mask")
-from parity.probemap import PROBE_CLASSES  # noqa: E402,F401 (the harness's classes; re-exported for the family)
 
-_BLOCK_RE = re.compile(r"^hidden_states_(\d+)_block$")
 
 _CLASSES = {
     "input_ids_input": "input", "attention_mask_input": "input", "inputs_embeds": "embedding",
     "extended_attention_mask": "mask", "relative_position_bias": "embedding", "position_bias": "embedding",
     "final_layer_norm": "output", "prompt_embeds": "output",
 }
-
-
-def block_probe(i: int) -> str:
-    return f"hidden_states_{i}_block"
-
-
-def block_index(name: str) -> int | None:
-    m = _BLOCK_RE.match(name)
-    return int(m.group(1)) if m else None
 
 
 def probe_names(num_layers: int) -> list[str]:

@@ -10,29 +10,17 @@ Skiparse masks (n*B, heads, 1, len); hidden states before/after blocks sequence-
 
 from __future__ import annotations
 
-import re
-
+from parity.families.naming import block_index, block_probe  # noqa: F401 (the family's block names)
 from parity.probemap import PROBE_CLASSES  # noqa: F401 (re-exported for the family's users)
+
 
 INPUT_NAMES = ("hidden_states", "timestep", "encoder_hidden_states", "attention_mask", "encoder_attention_mask")
 SPARSE_NS = (1, 4)
 
 
-_BLOCK_RE = re.compile(r"^hidden_states_(\d+)_block$")
-
-
 def sparse_mask_probe(which: str, n: int, group: bool) -> str:
     """``which`` is ``attention_mask`` or ``encoder_attention_mask``."""
     return f"{which}_sparse_{n}_{bool(group)}"
-
-
-def block_probe(i: int) -> str:
-    return f"hidden_states_{i}_block"
-
-
-def block_index(name: str) -> int | None:
-    m = _BLOCK_RE.match(name)
-    return int(m.group(1)) if m else None
 
 
 def probe_names(num_layers: int) -> list[str]:

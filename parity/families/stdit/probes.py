@@ -10,10 +10,11 @@ valid tokens and their counts ``y_lens`` (B,); the final layer's output (B, N, p
 
 from __future__ import annotations
 
-import re
+from parity.families.naming import block_index, block_probe  # noqa: F401 (the family's block names)
+from parity.probemap import PROBE_CLASSES  # noqa: F401 (the harness's classes; re-exported for the family)
+
 
 INPUT_NAMES = ("x", "timestep", "y", "mask")
-from parity.probemap import PROBE_CLASSES  # noqa: E402,F401 (the harness's classes; re-exported for the family)
 
 PATCH_EMBED = "hidden_states_patch_embed"          # x_embedder(x)
 POS_EMBED = "hidden_states_pos_embed"              # + pos_embed: the input of block 0
@@ -28,20 +29,10 @@ OUTPUT = "hidden_states_output"
 
 _EMBEDDINGS = (PATCH_EMBED, POS_EMBED, TEMPORAL_POS_EMBED, TIMESTEP_EMBED, TIMESTEP_MODULATION, CAPTION_EMBED,
                PACKED_TEXT)
-_BLOCK_RE = re.compile(r"^hidden_states_(\d+)_block$")
 
 
 def input_probe(name: str) -> str:
     return f"{name}_input"
-
-
-def block_probe(i: int) -> str:
-    return f"hidden_states_{i}_block"
-
-
-def block_index(name: str) -> int | None:
-    m = _BLOCK_RE.match(name)
-    return int(m.group(1)) if m else None
 
 
 def probe_names(num_layers: int) -> list[str]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import re
 
+from parity.probemap import PROBE_CLASSES  # noqa: F401 (the harness's classes; re-exported for the family)
+
+
 INPUT_NAMES = ("x", "timestep", "y", "mask", "x_mask", "fps", "height", "width")
-from parity.probemap import PROBE_CLASSES  # noqa: E402,F401 (the harness's classes; re-exported for the family)
 
 CONDITIONING = ("pos_emb", "t_embedding", "fps_embedding", "t", "t_mlp", "t0", "t0_mlp", "y_projected", "y",
                 "y_lens")
